@@ -1,0 +1,53 @@
+"""Image-cache building rate vs the one-core decode limit, on real Kaggle JPEGs.
+
+    python benchmarks/cache_throughput.py [IMAGE_DIR] [--size 64] [--fov 207]
+
+Prints: one-core decode+crop+resize rate (the physical limit per core), and
+the full `build_cache` rate with all cores (memory-mapped writes included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from zoomorph.data.cache import build_cache
+from zoomorph.data.images import list_images, load
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-q1" / "images"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="?", type=Path, default=DEFAULT)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--fov", type=int, default=207)
+    parser.add_argument("--limit", type=int, default=6000)
+    args = parser.parse_args()
+    sources = list_images(args.images)[: args.limit]
+    for s in sources[:200]:  # warm the page cache so both runs read from memory
+        Path(s).read_bytes()
+    for s in sources:
+        Path(s).read_bytes()
+
+    n_single = min(len(sources), 2000)
+    start = time.perf_counter()
+    for s in sources[:n_single]:
+        load(s, args.size, args.fov)
+    single = n_single / (time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = build_cache(sources, Path(tmp) / "c.npy", args.size, args.fov, progress=False)
+        full = len(sources) / (time.perf_counter() - start)
+    print(f"images: {len(sources):,} from {args.images}  size {args.size}px  fov {args.fov}px  cores {os.cpu_count()}")
+    print(f"one-core decode+crop+resize : {single:8,.0f} images/s")
+    print(f"build_cache, all cores      : {full:8,.0f} images/s  ({full / single:.2f}x one core, "
+          f"{len(result.errors)} errors)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The image cache: decode every image once into a uint8 array on disk.
+
+Training then reads memory-mapped uint8 tensors and never touches a JPEG.
+Workers each decode a block of rows and write straight into the memory-mapped
+file, so no pixels travel back through a pipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from zoomorph.data.images import ImageError, load
+
+BLOCK = 256  # rows per task: large enough to amortise scheduling, small enough for a smooth bar
+
+
+@dataclass
+class CacheResult:
+    errors: dict[int, str]  # row -> why it could not be decoded (row left zero)
+    notes: dict[int, str]  # row -> conversion done (grayscale, PNG, other size)
+
+
+def cache_key(sources: list[str], size: int, fov: int) -> str:
+    """Changes when any input file, the list, or the settings change."""
+    h = hashlib.sha256(f"{size}:{fov}".encode())
+    for s in sources:
+        path = s.split("::")[0]
+        try:
+            st = os.stat(path)
+            h.update(f"{s}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{s}:missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _decode_block(args: tuple[str, list[str], int, int, int]) -> tuple[int, dict, dict]:
+    path, sources, start, size, fov = args
+    out = open_memmap(path, mode="r+")
+    errors, notes = {}, {}
+    for offset, source in enumerate(sources):
+        try:
+            decoded = load(source, size, fov)
+        except ImageError as err:
+            errors[start + offset] = str(err)
+            continue
+        out[start + offset] = decoded.pixels
+        if decoded.note:
+            notes[start + offset] = decoded.note
+    out.flush()
+    return len(sources), errors, notes
+
+
+def build_cache(sources: list[str], path: Path, size: int, fov: int, workers: int | None = None,
+                progress: bool = True) -> CacheResult:
+    """Decode `sources` into `path` (.npy, shape (N, size, size, 3), uint8), in parallel."""
+    path = Path(path)
+    tmp = path.with_suffix(".partial.npy")
+    open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(sources), size, size, 3)).flush()
+    tasks = [(str(tmp), sources[i:i + BLOCK], i, size, fov) for i in range(0, len(sources), BLOCK)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    errors, notes = {}, {}
+    columns = (TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn())
+    pool = mp.get_context().Pool(workers) if workers > 1 else None
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("decode", total=len(sources), rate="-")
+        results = pool.imap_unordered(_decode_block, tasks) if pool else map(_decode_block, tasks)
+        for done, errs, nts in results:
+            errors.update(errs)
+            notes.update(nts)
+            bar.advance(task, done)
+            elapsed = bar.tasks[0].elapsed or 0
+            bar.update(task, rate=f"{bar.tasks[0].completed / elapsed:,.0f}" if elapsed else "-")
+    if pool:
+        pool.close()
+        pool.join()
+    os.replace(tmp, path)
+    return CacheResult(errors, notes)
+
+
+def drop_rows(path: Path, rows: np.ndarray, chunk: int = 4096) -> None:
+    """Remove `rows` from a cache file, copying in chunks (memory stays flat)."""
+    src = np.load(path, mmap_mode="r")
+    keep = np.setdiff1d(np.arange(len(src)), rows)
+    tmp = Path(path).with_suffix(".compact.npy")
+    dst = open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep),) + src.shape[1:])
+    for i in range(0, len(keep), chunk):
+        dst[i:i + chunk] = src[keep[i:i + chunk]]
+    dst.flush()
+    del src, dst
+    os.replace(tmp, path)

@@ -1,0 +1,66 @@
+"""A prepared data folder: what `zoomorph prepare` writes and training reads.
+
+    PREPARED/prepared.json   settings: classes, preset, image_size, fov, split_hash, counts, sources
+    PREPARED/catalog.parquet one row per usable image, in cache order:
+                             id, source, label, label_index (-1 = unassigned), split,
+                             and the 37 vote fractions when the labels had them all
+    PREPARED/split.csv       the split manifest (id, split), reused by every later run
+    PREPARED/images.npy      uint8 (N, S, S, 3) image cache, row i = catalogue row i
+    PREPARED/skipped.csv     every input that was skipped or converted, and why
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from zoomorph.schema import ANSWER_COLUMNS
+
+SETTINGS_FILE = "prepared.json"
+CATALOG_FILE = "catalog.parquet"
+SPLIT_FILE = "split.csv"
+IMAGES_FILE = "images.npy"
+SKIPPED_FILE = "skipped.csv"
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
+    table: pd.DataFrame  # row i describes images[i]
+    settings: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.settings["classes"])
+
+    @property
+    def has_votes(self) -> bool:
+        return set(ANSWER_COLUMNS) <= set(self.table.columns)
+
+    @property
+    def split_hash(self) -> str:
+        return self.settings["split_hash"]
+
+    def indices(self, split: str = "train", labelled: bool = True) -> np.ndarray:
+        """Row numbers of one split ("train", "val", "test" or "all")."""
+        mask = np.ones(len(self.table), bool) if split == "all" else (self.table["split"] == split).to_numpy()
+        if labelled:
+            mask &= self.table["label_index"].to_numpy() >= 0
+        return np.flatnonzero(mask)
+
+    @classmethod
+    def load(cls, root: Path) -> "PreparedData":
+        root = Path(root)
+        if not (root / SETTINGS_FILE).exists():
+            raise FileNotFoundError(f"{root}: not a prepared data folder (run `zoomorph prepare` first)")
+        settings = json.loads((root / SETTINGS_FILE).read_text())
+        table = pd.read_parquet(root / CATALOG_FILE)
+        images = np.load(root / IMAGES_FILE, mmap_mode="r")
+        if len(images) != len(table):
+            raise ValueError(f"{root}: image cache has {len(images)} rows, catalogue {len(table)}; re-run prepare")
+        return cls(root, images, table, settings)

@@ -1,0 +1,267 @@
+"""Training: what to compute (GalaxyModule), what to run it with (callbacks), and `train()`.
+
+The loop, devices, checkpoints and DDP are Lightning's. Randomness is keyed
+to (seed, epoch) and (seed, step), so a run resumed from its last checkpoint
+ends with the same weights as one never interrupted (in deterministic mode).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from zoomorph.data.augment import build_augment
+from zoomorph.data.datamodule import GalaxyDataModule
+from zoomorph.inference import to_input
+from zoomorph.models import create_model, model_spec
+
+DEFAULT_MODEL = "convnet"
+
+
+class GalaxyModule(L.LightningModule):
+    """A registered model with its loss, metrics, augmentation and optimiser."""
+
+    def __init__(self, model: str, head: str, num_classes: int, image_size: int, recipe: dict,
+                 augment: str = "none", class_weights: list[float] | None = None, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = create_model(model, head=head, num_classes=num_classes, image_size=image_size)
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self.augment = build_augment(augment)
+        self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None)
+        if head == "classes":
+            make = lambda: torchmetrics.MetricCollection({  # noqa: E731
+                "acc": torchmetrics.Accuracy("multiclass", num_classes=num_classes),
+                "bal_acc": torchmetrics.Accuracy("multiclass", num_classes=num_classes, average="macro")})
+        else:
+            make = lambda: torchmetrics.MetricCollection(  # noqa: E731
+                {"rmse": torchmetrics.MeanSquaredError(squared=False)})
+        self.train_metrics, self.val_metrics = make().clone(prefix="train_"), make().clone(prefix="val_")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.hparams.head == "votes":
+            return F.mse_loss(outputs, targets)
+        return F.cross_entropy(outputs, targets, weight=self.class_weights,
+                               label_smoothing=self.hparams.recipe.get("label_smoothing", 0.0))
+
+    def _step(self, batch, metrics, stage: str) -> torch.Tensor:
+        images, targets = batch
+        x = to_input(images)
+        if stage == "train" and self.augment is not None:
+            g = torch.Generator(device=x.device).manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
+            x = self.augment(x, generator=g)
+        outputs = self(x)
+        loss = self._loss(outputs, targets)
+        metrics.update(outputs.softmax(1) if self.hparams.head == "classes" else outputs, targets)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, self.train_metrics, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, self.val_metrics, "val")
+
+    def on_train_epoch_start(self) -> None:
+        torch.manual_seed(self.hparams.seed * 10_007 + self.current_epoch)  # dropout, per epoch
+
+    def configure_optimizers(self):
+        r = self.hparams.recipe
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[r.get("optimizer", "adam")]
+        optimizer = kind(self.parameters(), lr=r.get("lr", 1e-3), betas=tuple(r.get("betas", (0.9, 0.999))),
+                         eps=r.get("eps", 1e-8), weight_decay=r.get("weight_decay", 0.0))
+        schedule = r.get("scheduler")
+        if schedule is None:
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        if schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.get("lr", 1e-3), total_steps=steps,
+                                                            pct_start=0.2)
+        elif schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        else:
+            raise ValueError(f"scheduler {schedule!r}: choose onecycle, cosine or none")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class StopBelowValLoss(Callback):
+    """The original project's stop: end training once validation loss falls below a threshold."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get("val_loss")
+        if loss is not None and not trainer.sanity_checking and float(loss) < self.threshold:
+            trainer.should_stop = True
+
+
+class History(Callback):
+    """Per-epoch metrics, learning rate and throughput -> RUN/history.csv (kept across resumes)."""
+
+    def __init__(self, run_dir: Path, n_train: int):
+        self.path, self.n_train = Path(run_dir) / "history.csv", n_train
+        self.rows: list[dict] = []
+        self._start = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.path.exists():  # resuming: keep the epochs already done
+            done = pd.read_csv(self.path)
+            self.rows = done[done["epoch"] < trainer.current_epoch].to_dict("records")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._train_seconds = time.perf_counter() - self._start
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not hasattr(self, "_train_seconds"):
+            return
+        row = {"epoch": trainer.current_epoch, **{k: float(v) for k, v in trainer.callback_metrics.items()},
+               "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_seconds": self._train_seconds,
+               "images_per_s": self.n_train / max(self._train_seconds, 1e-9)}
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        pd.DataFrame(self.rows).to_csv(self.path, index=False)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict
+
+
+def default_precision() -> str:
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _versions() -> dict:
+    import lightning
+    import zoomorph
+
+    return {"zoomorph": zoomorph.__version__, "torch": torch.__version__, "lightning": lightning.__version__}
+
+
+def zoom_robustness(net: torch.nn.Module, data, rows: np.ndarray, head: str,
+                    zooms=(0.5, 0.75, 1.0, 1.5)) -> dict[str, dict]:
+    """Validation accuracy (or RMSE) with the images zoomed: galaxies at other angular scales."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    from zoomorph.data.augment import zoom
+    from zoomorph.inference import predict_array
+    from zoomorph.schema import ANSWER_COLUMNS
+
+    images, table = data.images[np.sort(rows)], data.table.iloc[np.sort(rows)]
+    out = {}
+    for factor in zooms:
+        probs = predict_array(net, images, head, transform=lambda x, f=factor: zoom(x, f))
+        if head == "classes":
+            truth, pred = table["label_index"].to_numpy(), probs.argmax(1)
+            out[f"{factor:g}"] = {"accuracy": accuracy_score(truth, pred),
+                                  "balanced_accuracy": balanced_accuracy_score(truth, pred)}
+        else:
+            out[f"{factor:g}"] = {"rmse": float(np.sqrt(np.mean((probs - table[ANSWER_COLUMNS].to_numpy()) ** 2)))}
+    return out
+
+
+def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: Path | None = None,
+          epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+          augment: str | None = None, balance: str = "sampler", seed: int = 0, deterministic: bool = False,
+          resume: bool = True, val_loss_stop: float | None = None, patience: int | None = None,
+          accelerator: str = "auto", devices="auto", num_nodes: int = 1, strategy: str = "auto",
+          precision: str | None = None, max_minutes: float | None = None, progress: bool = True,
+          callbacks: list[Callback] | tuple = ()) -> TrainResult:
+    """Train a registered model on a prepared folder; returns the run folder and its summary.
+
+    Defaults come from the model's recipe (model_spec(name).recipe); arguments override them.
+    Re-running the same command resumes from RUN/checkpoints/last.ckpt (resume=False starts over).
+    """
+    from zoomorph.data.prepared import PreparedData
+    from zoomorph.runs import SUMMARY_FILE, RunConfig, save_weights
+    from zoomorph.schema import ANSWER_COLUMNS
+
+    data = data if isinstance(data, PreparedData) else PreparedData.load(Path(data))
+    spec = model_spec(model)
+    recipe = dict(spec.recipe)
+    recipe.update({k: v for k, v in {"lr": lr, "batch_size": batch_size, "augment": augment, "epochs": epochs,
+                                     "val_loss_stop": val_loss_stop, "patience": patience}.items() if v is not None})
+    run_dir = Path(run_dir or Path("runs") / f"{data.root.name}-{model}-{head}")
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if not resume and run_dir.exists():
+        for stale in [last, ckpt_dir / "best.ckpt", run_dir / "history.csv"]:
+            stale.unlink(missing_ok=True)
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = GalaxyDataModule(data, head, recipe.get("batch_size", 64), balance, seed)
+    weights = dm.class_weights()
+    image_size = data.settings["image_size"]
+    module = GalaxyModule(model, head, len(data.classes) if head == "classes" else 37, image_size, recipe,
+                          recipe.get("augment", "none"), weights.tolist() if weights is not None else None, seed)
+    classes = data.classes if head == "classes" else list(ANSWER_COLUMNS)
+    config = RunConfig(model, head, classes, image_size, data.settings["fov"], data.settings.get("preset"),
+                       str(data.root.resolve()), data.split_hash,
+                       extra={"recipe": recipe, "balance": balance, "seed": seed, "deterministic": deterministic,
+                              "versions": _versions(), "n_train": len(dm.train_rows), "n_val": len(dm.val_rows)})
+    config.save(run_dir)
+
+    monitor, mode = ("val_acc", "max") if head == "classes" else ("val_rmse", "min")
+    best = ModelCheckpoint(ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
+                           enable_version_counter=False)
+    cbs: list[Callback] = [best, History(run_dir, len(dm.train_rows)), *callbacks]
+    if recipe.get("val_loss_stop") is not None:
+        cbs.append(StopBelowValLoss(recipe["val_loss_stop"]))
+    if recipe.get("patience") is not None:
+        cbs.append(EarlyStopping(monitor, patience=recipe["patience"], mode=mode))
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+        cbs.append(RichProgressBar(leave=True))
+    trainer = L.Trainer(
+        max_epochs=recipe.get("epochs", 20), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+        strategy=strategy, precision=precision or default_precision(), deterministic=deterministic,
+        callbacks=cbs, default_root_dir=run_dir, logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
+        enable_progress_bar=progress, enable_model_summary=False, use_distributed_sampler=False,
+        max_time={"minutes": max_minutes} if max_minutes else None, log_every_n_steps=10)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+    seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, {})
+
+    best_path = best.best_model_path or str(last)
+    state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+    net = module.net.cpu()
+    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    save_weights(run_dir, net)
+
+    history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").exists() else pd.DataFrame()
+    summary = {
+        "model": model, "head": head, "parameters": sum(p.numel() for p in net.parameters()),
+        "image_size": image_size, "epochs": int(history["epoch"].max()) + 1 if len(history) else 0,
+        "best_epoch": int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]),
+        f"best_{monitor}": float(best.best_model_score) if best.best_model_score is not None else None,
+        "train_seconds": float(history["train_seconds"].sum()) if len(history) else seconds,
+        "images_per_s": float(history["images_per_s"].median()) if len(history) else None,
+        "balance": balance, "class_weights": weights.tolist() if weights is not None else None,
+        "train_class_counts": dm.class_counts(dm.train_rows) if head == "classes" else None,
+        "val_class_counts": dm.class_counts(dm.val_rows) if head == "classes" else None,
+        "zoom": zoom_robustness(net, data, dm.val_rows, head),
+    }
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return TrainResult(run_dir, summary)
