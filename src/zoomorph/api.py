@@ -57,3 +57,25 @@ def demo(out: Path = Path("demo"), n: int = 1500, epochs: int | None = None, mod
                        seed=seed, resume=False, progress=progress)
     return {"run_dir": result.run_dir, "prepared": out / "prepared", "counts": prepared.counts,
             "summary": result.summary, "seconds": time.perf_counter() - started}
+
+
+def evaluate(run_dir: Path, data: Path | None = None, split: str = "val", tta: bool = False) -> dict:
+    """Metrics of a trained run on a split; writes RUN/metrics.json."""
+    from zoomorph.evaluation.evaluate import evaluate_run
+
+    return evaluate_run(Path(run_dir), Path(data) if data else None, split=split, tta=tta)
+
+
+def report(run_dir: Path, out: Path | None = None) -> Path:
+    """One self-contained HTML report of a run (evaluates it first if needed)."""
+    from zoomorph.evaluation.report import write_report
+
+    return write_report(Path(run_dir), out)
+
+
+def compare(run_dirs: list[Path], out: Path | None = None) -> tuple[pd.DataFrame, Path | None]:
+    """The comparison table of several runs (same split required), and its HTML page."""
+    from zoomorph.evaluation.compare import compare_runs, write_compare_html
+
+    table = compare_runs([Path(r) for r in run_dirs])
+    return table, write_compare_html([Path(r) for r in run_dirs], out) if out else None

@@ -176,6 +176,55 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for 
                   "Synthetic accuracy shows the pipeline works; it is not a measure of real performance.")
 
 
+@app.command()
+def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
+             data: Optional[Path] = typer.Option(None, help="prepared folder (default: the one it trained on)"),
+             split: str = typer.Option("val", help="val | test | all"),
+             tta: bool = typer.Option(False, help="also average over the 8 rotations/flips")) -> None:
+    """Accuracy, balanced accuracy with 95% intervals, per class, calibration (or Kaggle RMSE for votes)."""
+    from zoomorph.api import evaluate as run_evaluate
+    from zoomorph.evaluation.evaluate import format_metrics_table
+
+    try:
+        metrics = run_evaluate(run, data, split=split, tta=tta)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    console.print(format_metrics_table(metrics))
+    console.print(f"metrics written to {run / 'metrics.json'}")
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="run folder"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN/report.html)")) -> None:
+    """Write one self-contained HTML report: config, data, curves, metrics, confusion, calibration, saliency."""
+    from zoomorph.api import report as run_report
+
+    try:
+        path = run_report(run, out)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    console.print(f"report written to {path}")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="run folders evaluated on the same split"),
+            out: Path = typer.Option(Path("compare.html"), "--out", "-o", help="HTML page to write")) -> None:
+    """Compare runs: one table (and overlaid training curves in the HTML page)."""
+    from zoomorph.api import compare as run_compare
+
+    try:
+        table, path = run_compare(runs, out)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    rich_table = Table(title="model comparison", title_justify="left")
+    for col in table.columns:
+        rich_table.add_column(str(col))
+    for _, row in table.iterrows():
+        rich_table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(rich_table)
+    console.print(f"comparison page written to {path}")
+
+
 def main() -> None:
     app()
 

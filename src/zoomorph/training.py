@@ -116,25 +116,26 @@ class History(Callback):
     def __init__(self, run_dir: Path, n_train: int):
         self.path, self.n_train = Path(run_dir) / "history.csv", n_train
         self.rows: list[dict] = []
-        self._start = 0.0
+        self._start, self._train_seconds = 0.0, None
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if self.path.exists():  # resuming: keep the epochs already done
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.path.exists():  # resuming (the checkpoint is restored by now): keep the epochs already done
             done = pd.read_csv(self.path)
             self.rows = done[done["epoch"] < trainer.current_epoch].to_dict("records")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
+        self._start, self._train_seconds = time.perf_counter(), None
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        # Lightning validates inside the training epoch, before on_train_epoch_end: the training part ends here.
+        if not trainer.sanity_checking and self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._start
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._train_seconds = time.perf_counter() - self._start
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not hasattr(self, "_train_seconds"):
-            return
+        seconds = self._train_seconds or time.perf_counter() - self._start
         row = {"epoch": trainer.current_epoch, **{k: float(v) for k, v in trainer.callback_metrics.items()},
-               "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_seconds": self._train_seconds,
-               "images_per_s": self.n_train / max(self._train_seconds, 1e-9)}
+               "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_seconds": seconds,
+               "images_per_s": self.n_train / max(seconds, 1e-9)}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         pd.DataFrame(self.rows).to_csv(self.path, index=False)
 
@@ -237,7 +238,7 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
         strategy=strategy, precision=precision or default_precision(), deterministic=deterministic,
         callbacks=cbs, default_root_dir=run_dir, logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
         enable_progress_bar=progress, enable_model_summary=False, use_distributed_sampler=False,
-        max_time={"minutes": max_minutes} if max_minutes else None, log_every_n_steps=10)
+        max_time={"minutes": max_minutes} if max_minutes else None, log_every_n_steps=1)
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
     seconds = time.perf_counter() - started

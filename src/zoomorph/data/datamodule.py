@@ -27,9 +27,9 @@ class CacheBatches(Dataset):
         self.images = data.images
         self.rows = np.asarray(rows)
         table = data.table.iloc[self.rows]
-        self.targets = torch.from_numpy(
+        self.targets = torch.from_numpy(np.array(
             table[ANSWER_COLUMNS].to_numpy(np.float32) if head == "votes"
-            else table["label_index"].to_numpy(np.int64))
+            else table["label_index"].to_numpy(np.int64)))
 
     def __len__(self) -> int:
         return len(self.rows)

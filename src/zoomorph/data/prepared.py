@@ -50,7 +50,7 @@ class PreparedData:
         """Row numbers of one split ("train", "val", "test" or "all")."""
         mask = np.ones(len(self.table), bool) if split == "all" else (self.table["split"] == split).to_numpy()
         if labelled:
-            mask &= self.table["label_index"].to_numpy() >= 0
+            mask = mask & (self.table["label_index"].to_numpy() >= 0)
         return np.flatnonzero(mask)
 
     @classmethod

@@ -1,0 +1,102 @@
+"""Several runs side by side: one table row per run, overlaid training curves.
+
+Numbers are only comparable on the same galaxies, so runs evaluated on
+different splits (split name or split-manifest hash) are refused.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from zoomorph.evaluation import plots
+from zoomorph.evaluation.evaluate import evaluate_run
+from zoomorph.evaluation.report import html_image, html_note, html_page, html_table
+from zoomorph.runs import HISTORY_FILE, METRICS_FILE, SUMMARY_FILE, RunConfig, build_model
+
+COLUMNS = ["run", "model", "head", "parameters", "input_size", "epochs", "train_seconds", "images_per_s",
+           "accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy", "ece", "rmse", "tta_accuracy",
+           "split", "split_hash"]
+
+
+def compare_runs(run_dirs: list[Path]) -> pd.DataFrame:
+    """One row per run (columns: COLUMNS). Evaluates a run that has no metrics.json yet (val split)."""
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise ValueError("compare needs at least one run folder")
+    metrics = [_metrics(r) for r in run_dirs]
+    _check_same_split(run_dirs, metrics)
+    return pd.DataFrame([_row(r, m) for r, m in zip(run_dirs, metrics)], columns=COLUMNS)
+
+
+def _metrics(run_dir: Path) -> dict:
+    path = run_dir / METRICS_FILE
+    return json.loads(path.read_text()) if path.exists() else evaluate_run(run_dir)
+
+
+def _check_same_split(run_dirs: list[Path], metrics: list[dict]) -> None:
+    splits = {(m["split"], m["split_hash"]) for m in metrics}
+    if len(splits) > 1:
+        lines = "\n".join(f"  {r}: split {m['split']!r}, hash {m['split_hash']}" for r, m in zip(run_dirs, metrics))
+        raise ValueError("these runs were evaluated on different galaxies and cannot be compared:\n" + lines
+                         + "\nevaluate them all on the same prepared data and split first")
+
+
+def _row(run_dir: Path, metrics: dict) -> dict:
+    cfg = RunConfig.load(run_dir)
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).exists() else {}
+    history = pd.read_csv(run_dir / HISTORY_FILE) if (run_dir / HISTORY_FILE).exists() else pd.DataFrame()
+    plain, tta = metrics["variants"]["plain"], metrics["variants"].get("tta", {})
+    ci = plain.get("ci", {}).get("accuracy", {})
+    return {
+        "run": run_dir.name, "model": cfg.model, "head": cfg.head,
+        "parameters": summary.get("parameters") or sum(p.numel() for p in build_model(cfg).parameters()),
+        "input_size": cfg.image_size,
+        "epochs": summary.get("epochs") or len(history),
+        "train_seconds": summary.get("train_seconds") or _history_stat(history, "train_seconds", "sum"),
+        "images_per_s": summary.get("images_per_s") or _history_stat(history, "images_per_s", "median"),
+        "accuracy": plain.get("accuracy", np.nan), "accuracy_low": ci.get("low", np.nan),
+        "accuracy_high": ci.get("high", np.nan), "balanced_accuracy": plain.get("balanced_accuracy", np.nan),
+        "ece": plain.get("ece", np.nan), "rmse": plain.get("rmse", np.nan),
+        "tta_accuracy": tta.get("accuracy", np.nan), "split": metrics["split"], "split_hash": metrics["split_hash"],
+    }
+
+
+def _history_stat(history: pd.DataFrame, column: str, how: str) -> float:
+    return float(history[column].agg(how)) if column in history else np.nan
+
+
+def write_compare_html(run_dirs: list[Path], out: Path) -> Path:
+    """A self-contained page: the comparison table and every run's training curves on shared axes."""
+    table = compare_runs(run_dirs)
+    first = table.iloc[0]
+    intro = (f"<p>{len(table)} runs, all evaluated on the <b>{html.escape(first['split'])}</b> split "
+             f"(split hash <code>{html.escape(str(first['split_hash']))}</code>).</p>")
+    histories = {Path(r).name: pd.read_csv(Path(r) / HISTORY_FILE) for r in run_dirs
+                 if (Path(r) / HISTORY_FILE).exists()}
+    curves = (html_image(plots.training_curves(histories), "training curves of all runs") if histories
+              else html_note("None of the runs has a history.csv."))
+    sections = [("table", "Runs", html_table(_display_rows(table), DISPLAY_HEADER)
+                 + html_note("Accuracy in brackets: bootstrap 95 % interval. Blank: not applicable to the run.")),
+                ("curves", "Training curves", curves)]
+    out = Path(out)
+    out.write_text(html_page("zoomorph run comparison", intro, sections), encoding="utf-8")
+    return out
+
+
+DISPLAY_HEADER = ["run", "model", "head", "parameters", "input (px)", "epochs", "train time (s)", "images/s",
+                  "accuracy", "balanced accuracy", "ECE", "Kaggle RMSE", "accuracy with TTA"]
+
+
+def _display_rows(table: pd.DataFrame) -> list[list[str]]:
+    number = lambda v, fmt: "" if pd.isna(v) else format(v, fmt)  # noqa: E731
+    return [[r.run, r.model, r.head, number(r.parameters, ","), r.input_size, r.epochs, number(r.train_seconds, ".0f"),
+             number(r.images_per_s, ".0f"),
+             "" if pd.isna(r.accuracy) else f"{r.accuracy:.3f} ({r.accuracy_low:.3f}-{r.accuracy_high:.3f})",
+             number(r.balanced_accuracy, ".3f"), number(r.ece, ".3f"), number(r.rmse, ".4f"),
+             number(r.tta_accuracy, ".3f")]
+            for r in table.itertuples()]

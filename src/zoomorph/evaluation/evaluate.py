@@ -1,0 +1,191 @@
+"""Evaluate a run folder on one split of its prepared data: RUN/metrics.json + RUN/predictions_<split>.parquet.
+
+A "classes" run is scored on its class probabilities. A "votes" run is scored
+as in the Kaggle challenge (RMSE over the 37 fractions) and, through the label
+preset its data was prepared with, as a classifier of the classes that preset
+derives from the predicted fractions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.table import Table
+
+from zoomorph.data.prepared import PreparedData
+from zoomorph.evaluation.metrics import (
+    BOOTSTRAP_METRICS,
+    bootstrap_ci,
+    classification_metrics,
+    kaggle_rmse,
+    label_metrics,
+    rmse_per_question,
+)
+from zoomorph.inference import predict_array
+from zoomorph.runs import METRICS_FILE, RunConfig, load_run
+from zoomorph.schema import ANSWER_COLUMNS
+
+NO_CLASS = "(none)"  # what a vote preset says when the predicted fractions meet no rule
+VARIANT_TITLES = {"plain": "plain", "tta": "TTA (8 dihedral views)"}
+
+
+def predictions_file(run_dir: Path, split: str) -> Path:
+    return Path(run_dir) / f"predictions_{split}.parquet"
+
+
+def evaluate_run(run_dir: Path, data_dir: Path | None = None, split: str = "val", tta: bool = False,
+                 batch_size: int = 256, bootstrap: int = 1000) -> dict:
+    """Score a trained run on `split`, plainly and (tta=True) averaged over the 8 dihedral views.
+
+    Writes RUN/metrics.json and RUN/predictions_<split>.parquet; returns the metrics dict.
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg = load_run(run_dir, device)
+    data = _data_for(cfg, data_dir, run_dir)
+    rows = data.indices(split, labelled=cfg.head == "classes")  # the votes head scores every galaxy
+    if len(rows) == 0:
+        raise ValueError(f"{data.root}: no galaxies to evaluate in split {split!r}")
+    table = data.table.iloc[rows].reset_index(drop=True).assign(row=rows)
+    images = data.images[rows]
+
+    outputs = {"plain": predict_array(model, images, cfg.head, batch_size)}
+    if tta:
+        from zoomorph.data.augment import dihedral
+
+        views = [predict_array(model, images, cfg.head, batch_size, transform=partial(dihedral, k=k))
+                 for k in range(8)]
+        outputs["tta"] = np.mean(views, axis=0)
+
+    score = _score_classes if cfg.head == "classes" else partial(_score_votes, preset=_preset_of(data))
+    variants, predictions = {}, table[["row", "id", "label"]].copy()
+    for name, out in outputs.items():
+        variants[name], columns = score(out, table, cfg.classes, bootstrap)
+        suffix = "" if name == "plain" else f"_{name}"
+        predictions = predictions.assign(**{k + suffix: v for k, v in columns.items()})
+
+    metrics = {
+        "run": run_dir.name, "model": cfg.model, "head": cfg.head, "split": split, "n": len(rows),
+        "split_hash": data.split_hash, "trained_split_hash": cfg.split_hash, "data": str(data.root),
+        "classes": variants["plain"]["classes"], "variants": variants,
+        "evaluated": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
+                      "seconds": round(time.perf_counter() - started, 2)},
+    }
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    predictions.to_parquet(predictions_file(run_dir, split), index=False)
+    return metrics
+
+
+def _data_for(cfg: RunConfig, data_dir: Path | None, run_dir: Path) -> PreparedData:
+    if data_dir is None and cfg.data is None:
+        raise ValueError(f"{run_dir}: the run does not name its prepared data; pass data_dir")
+    data = PreparedData.load(Path(data_dir or cfg.data))
+    if data.settings["image_size"] != cfg.image_size:
+        raise ValueError(f"{data.root} holds {data.settings['image_size']} px images; "
+                         f"{run_dir} was trained on {cfg.image_size} px (prepare the data at that size)")
+    if cfg.head == "classes" and data.classes != list(cfg.classes):
+        raise ValueError(f"{data.root} has classes {data.classes}; {run_dir} predicts {list(cfg.classes)}")
+    if cfg.head == "votes" and not data.has_votes:
+        raise ValueError(f"{data.root}: a votes run needs the 37 vote fractions, these labels lack them")
+    return data
+
+
+def _with_ci(metrics: dict, y_true: np.ndarray, y_pred: np.ndarray, n: int) -> dict:
+    metrics["ci"] = {m: bootstrap_ci(y_true, y_pred, m, n=n) for m in BOOTSTRAP_METRICS}
+    return metrics
+
+
+def _score_classes(probs: np.ndarray, table: pd.DataFrame, classes: list[str], bootstrap: int):
+    y_true, y_pred = table["label_index"].to_numpy(), probs.argmax(axis=1)
+    metrics = _with_ci(classification_metrics(y_true, probs, classes), y_true, y_pred, bootstrap)
+    metrics["classes"] = list(classes)
+    columns = {"pred": np.asarray(classes, dtype=object)[y_pred], "confidence": probs.max(axis=1),
+               **{f"prob_{c}": probs[:, i] for i, c in enumerate(classes)}}
+    return metrics, columns
+
+
+def _score_votes(fractions: np.ndarray, table: pd.DataFrame, classes: list[str], bootstrap: int, preset):
+    truth = table[ANSWER_COLUMNS].to_numpy(dtype=float)
+    metrics = {"rmse": kaggle_rmse(truth, fractions), "rmse_per_question": rmse_per_question(truth, fractions),
+               "classes": []}
+    columns = {f"pred_{c}": fractions[:, i] for i, c in enumerate(ANSWER_COLUMNS)}
+    if preset is None:
+        return metrics, columns
+    predicted = preset_labels(fractions, table["id"], preset)
+    columns["pred"] = predicted.to_numpy()
+    labelled = (table["label_index"] >= 0).to_numpy()
+    if labelled.any():
+        names = preset.classes + [NO_CLASS]
+        index = {c: i for i, c in enumerate(names)}
+        y_true = table["label_index"].to_numpy()[labelled]
+        y_pred = predicted[labelled].fillna(NO_CLASS).map(index).to_numpy()
+        metrics.update(_with_ci(label_metrics(y_true, y_pred, names), y_true, y_pred, bootstrap))
+        metrics["coverage"] = float((y_pred != index[NO_CLASS]).mean())
+        metrics["classes"], metrics["preset"] = names, preset.name
+    return metrics, columns
+
+
+def _preset_of(data: PreparedData):
+    """The exact rules the data's labels came from (preset, thresholds, conflict policy), or None."""
+    from zoomorph.labels import Condition, Preset
+
+    rules = data.settings.get("rules")
+    if not rules:
+        return None
+    conditions = {name: [Condition.parse(text) for text in conds] for name, conds in rules.items()}
+    return Preset(data.settings.get("preset", "rules"), conditions, data.settings.get("conflicts", "exclude"))
+
+
+def preset_labels(fractions: np.ndarray, ids: pd.Series, preset) -> pd.Series:
+    """Classes a label preset derives from predicted vote fractions (None where no rule is met)."""
+    from zoomorph.labels import assign
+
+    frame = pd.DataFrame(fractions, columns=ANSWER_COLUMNS, index=pd.Index(ids, name="GalaxyID"))
+    return assign(frame, preset).labels.reset_index(drop=True)
+
+
+def _number(value: float | None, ci: dict | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" ({ci['low']:.3f}-{ci['high']:.3f})" if ci else "")
+
+
+def summary_rows(metrics: dict) -> list[tuple[str, list[str]]]:
+    """(metric, one value per variant) in display order; intervals are the bootstrap 95 % CIs."""
+    variants = list(metrics["variants"].values())
+    rows = [("galaxies", [f"{metrics['n']:,}"] * len(variants))]
+    if any(v.get("n", metrics["n"]) != metrics["n"] for v in variants):  # votes: class metrics on the labelled
+        rows.append(("galaxies with a preset class", [f"{v.get('n', 0):,}" for v in variants]))
+    scalar = [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
+              ("ROC-AUC (macro, one-vs-rest)", "roc_auc_macro"), ("log loss", "log_loss"),
+              ("expected calibration error", "ece"), ("Kaggle RMSE (37 answers)", "rmse"),
+              ("share given a class by the preset", "coverage")]
+    for title, key in scalar:
+        if any(key in v for v in variants):
+            rows.append((title, [_number(v.get(key), v.get("ci", {}).get(key)) for v in variants]))
+    for name in metrics["classes"]:
+        if all(v.get("per_class", {}).get(name, {}).get("support") for v in variants):
+            rows.append((f"{name}: recall / F1",
+                         [f"{v['per_class'][name]['recall']:.3f} / {v['per_class'][name]['f1']:.3f}"
+                          for v in variants]))
+    return rows
+
+
+def format_metrics_table(metrics: dict) -> Table:
+    """The summary as a rich table, variants side by side (for the CLI)."""
+    title = f"{metrics['run']}: {metrics['model']} on the {metrics['split']} split"
+    table = Table(title=title, title_justify="left", caption="in brackets: bootstrap 95 % interval")
+    table.add_column("metric")
+    for name in metrics["variants"]:
+        table.add_column(VARIANT_TITLES.get(name, name), justify="right")
+    for label, values in summary_rows(metrics):
+        table.add_row(label, *values)
+    return table
