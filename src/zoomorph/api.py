@@ -79,3 +79,17 @@ def compare(run_dirs: list[Path], out: Path | None = None) -> tuple[pd.DataFrame
 
     table = compare_runs([Path(r) for r in run_dirs])
     return table, write_compare_html([Path(r) for r in run_dirs], out) if out else None
+
+
+def predict(run_dir: Path, inputs: list, out: Path, **kwargs):
+    """Classify images, folders, zips, catalogues or FITS into one row per input (see zoomorph.predict)."""
+    from zoomorph.predict import predict as run_predict
+
+    return run_predict(Path(run_dir), inputs, Path(out), **kwargs)
+
+
+def export(run_dir: Path, out: Path | None = None) -> Path:
+    """ONNX model (dynamic batch, uint8 NHWC in, probabilities out) and its preprocessing sidecar."""
+    from zoomorph.predict import export_onnx
+
+    return export_onnx(Path(run_dir), Path(out) if out else None)

@@ -210,19 +210,68 @@ def report(run: Path = typer.Argument(..., help="run folder"),
 def compare(runs: list[Path] = typer.Argument(..., help="run folders evaluated on the same split"),
             out: Path = typer.Option(Path("compare.html"), "--out", "-o", help="HTML page to write")) -> None:
     """Compare runs: one table (and overlaid training curves in the HTML page)."""
+    import pandas as pd
+
     from zoomorph.api import compare as run_compare
 
     try:
         table, path = run_compare(runs, out)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
-    rich_table = Table(title="model comparison", title_justify="left")
-    for col in table.columns:
-        rich_table.add_column(str(col))
-    for _, row in table.iterrows():
-        rich_table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    # one column per run, one row per field: readable at any terminal width
+    rich_table = Table(title=f"model comparison ({table['split'].iloc[0]} split {table['split_hash'].iloc[0]})",
+                       title_justify="left")
+    rich_table.add_column("")
+    for run_name in table["run"]:
+        rich_table.add_column(str(run_name), justify="right")
+    for field in [c for c in table.columns if c not in ("run", "split", "split_hash")]:
+        values = table[field]
+        if values.isna().all():
+            continue
+        rich_table.add_row(field, *["-" if pd.isna(v) else f"{v:,.4g}" if isinstance(v, float) else f"{v:,}"
+                                    if isinstance(v, int) else str(v) for v in values])
     console.print(rich_table)
     console.print(f"comparison page written to {path}")
+
+
+@app.command()
+def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
+            inputs: list[str] = typer.Argument(..., help="images, folders, zips, catalogue CSV/Parquet, FITS"),
+            out: Path = typer.Option(..., "--out", "-o", help="output .parquet or .csv"),
+            format: str = typer.Option("parquet", help="parquet | csv | kaggle (votes runs: the submission file)"),
+            backend: str = typer.Option("torch", help="torch | onnx (onnxruntime, faster on CPU)"),
+            engine: str = typer.Option("local", help="local | ray (pip install zoomorph[ray])"),
+            tta: bool = typer.Option(False, help="average over the 8 rotations/flips"),
+            mc_samples: int = typer.Option(0, help="Monte-Carlo dropout samples (>= 2) for uncertainty"),
+            preset: Optional[str] = typer.Option(None, help="votes runs: also derive this preset's class"),
+            batch_size: int = typer.Option(256, help="images per inference batch"),
+            workers: Optional[int] = typer.Option(None, help="decode processes (ray: actors)"),
+            chunk_size: int = typer.Option(4096, help="rows per output part (the unit of resumption)"),
+            ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster")) -> None:
+    """Classify any number of images, streaming, in chunks; re-run the same command to resume."""
+    from zoomorph.api import predict as run_predict
+
+    try:
+        summary = run_predict(run, inputs, out, format=format, backend=backend, engine=engine, tta=tta,
+                              mc_samples=mc_samples, preset=preset, batch_size=batch_size, workers=workers,
+                              chunk_size=chunk_size, ray_address=ray_address)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        _fail(err)
+    console.print(f"{summary.total:,} inputs -> {summary.out}: {summary.ok:,} classified, "
+                  f"{summary.errors:,} unreadable (see the error column); "
+                  f"{summary.predicted:,} done now at {summary.images_per_s:,.0f} images/s")
+
+
+@app.command()
+def export(run: Path = typer.Argument(..., help="run folder"),
+           format: str = typer.Option("onnx", help="onnx (the only format so far)"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="file (default RUN/model.onnx)")) -> None:
+    """Export a trained model for serving (ONNX, dynamic batch, with its preprocessing settings)."""
+    from zoomorph.api import export as run_export
+
+    if format != "onnx":
+        _fail(ValueError(f"format {format!r}: only onnx is supported"))
+    console.print(f"exported {run_export(run, out)}")
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ ends with the same weights as one never interrupted (in deterministic mode).
 from __future__ import annotations
 
 import json
+import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,15 @@ class GalaxyModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         return self._step(batch, self.train_metrics, "train")
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # images/s for the progress bar, smoothed over recent steps
+        now, last = time.perf_counter(), getattr(self, "_last_step", None)
+        if last is not None:
+            rate = len(batch[1]) / max(now - last, 1e-9)
+            self._rate = rate if batch_idx == 1 else 0.9 * self._rate + 0.1 * rate
+            self.log("img/s", self._rate, prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        self._last_step = None if batch_idx + 1 == self.trainer.num_training_batches else now
+
     def validation_step(self, batch, batch_idx):
         self._step(batch, self.val_metrics, "val")
 
@@ -133,7 +144,8 @@ class History(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = self._train_seconds or time.perf_counter() - self._start
-        row = {"epoch": trainer.current_epoch, **{k: float(v) for k, v in trainer.callback_metrics.items()},
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "img/s"}  # bar-only rate
+        row = {"epoch": trainer.current_epoch, **metrics,
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_seconds": seconds,
                "images_per_s": self.n_train / max(seconds, 1e-9)}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
@@ -209,6 +221,9 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
         for stale in [last, ckpt_dir / "best.ckpt", run_dir / "history.csv"]:
             stale.unlink(missing_ok=True)
 
+    # Lightning's start-up adverts and an internal deprecation notice are noise to our users.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     L.seed_everything(seed, workers=True, verbose=False)
     dm = GalaxyDataModule(data, head, recipe.get("batch_size", 64), balance, seed)
     weights = dm.class_weights()

@@ -100,7 +100,8 @@ def _configuration(cfg: RunConfig, summary: dict) -> str:
                 "split hash": cfg.split_hash, "classes": ", ".join(cfg.classes) if cfg.head == "classes" else
                 "the 37 Galaxy Zoo answers"}
     settings.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cfg.extra.items()})
-    outcome = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    outcome = {k: f"{v:,.4g}" if isinstance(v, float) else v for k, v in summary.items()
+               if not isinstance(v, (dict, list))}
     text = html_table([[k, v] for k, v in settings.items()], ["setting", "value"])
     if outcome:
         text += "\n<h3>Training outcome</h3>\n" + html_table([[k, v] for k, v in outcome.items()], ["summary", "value"])
@@ -179,8 +180,11 @@ def _samples(data: PreparedData | None, predictions: pd.DataFrame | None) -> str
         return html_note("The prepared data folder is not available.")
     parts = [html_image(plots.class_samples(data), "random galaxies per class")]
     if predictions is not None and "confidence" in predictions:
-        parts += [html_image(plots.prediction_examples(data, predictions, kind), title)
-                  for kind, title in plots.EXAMPLE_KINDS.items()]
+        for kind, title in plots.EXAMPLE_KINDS.items():
+            if kind == "confident_wrong" and (predictions["label"] == predictions["pred"]).all():
+                parts.append(html_note(f"{title}: none, every galaxy of this split was classified correctly."))
+            else:
+                parts.append(html_image(plots.prediction_examples(data, predictions, kind), title))
     return "\n".join(parts)
 
 

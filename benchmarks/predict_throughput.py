@@ -1,0 +1,194 @@
+"""How fast predict() classifies JPEG files, and whether its memory stays flat.
+
+    PYTHONPATH=src python benchmarks/predict_throughput.py [--model convnet] [--inputs 20000] [--large 100000]
+
+Uses the 1,197 real Kaggle test images (../shared/data/gz-kaggle-test), listed
+over and over to reach --inputs sources, and an untrained model (the weights do
+not change the speed). Prints:
+  * end to end: JPEG files -> Parquet, images/s, for --inputs and --large sources;
+  * the same against a naive loop (PIL full decode, crop, resize, one image per model call);
+  * inference only: torch vs onnxruntime on one decoded batch;
+  * peak RSS of the whole process tree (the run and its decoding workers) for
+    --inputs vs --large sources: flat when prediction streams.
+Each end-to-end run is a fresh process, so that the peaks do not mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zoomorph.data.images import KAGGLE_SIZE, fov_crop, list_images, load
+from zoomorph.inference import outputs_to_probs, to_input
+from zoomorph.models import model_spec
+from zoomorph.predict import export_onnx, predict
+from zoomorph.predict.engine import PixelModel, cpu_split, decoded_batches
+from zoomorph.predict.onnx import onnx_forward
+from zoomorph.runs import RunConfig, build_model, load_run, save_weights
+
+IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-test"
+FOV = 207
+
+
+def make_run(root: Path, model: str) -> Path:
+    cfg = RunConfig(model=model, head="classes", classes=["elliptical", "spiral", "other"],
+                    image_size=model_spec(model).default_image_size, fov=FOV)
+    cfg.save(root / "run")
+    save_weights(root / "run", build_model(cfg))
+    return root / "run"
+
+
+def sources(n: int) -> list[str]:
+    files = list_images(IMAGES)
+    return (files * (n // len(files) + 1))[:n]
+
+
+def child(run: str, n: int, out: str, backend: str, workers: int | None) -> None:
+    """The measured process: one predict() call."""
+    summary = predict(run, sources(n), Path(out), backend=backend, workers=workers, progress=False)
+    print(json.dumps({"images_per_s": summary.images_per_s, "total": summary.total, "errors": summary.errors}))
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in `pid` and all its descendants (psutil when installed, else Linux /proc)."""
+    try:
+        import psutil
+    except ImportError:
+        return _proc_tree_rss(pid)
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def _proc_tree_rss(pid: int) -> int:
+    parent, rss = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        child = int(stat.parent.name)
+        parent[child], rss[child] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        frontier = [c for c, p in parent.items() if p in frontier and c not in tree]
+        tree.update(frontier)
+    return sum(rss.get(p, 0) for p in tree)
+
+
+def end_to_end(run: Path, n: int, out: Path, backend: str, workers: int | None) -> dict:
+    """Run `child` in a new process; its result plus wall time and peak tree RSS (sampled every 50 ms)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(run), str(n), str(out), backend, str(workers)],
+                            stdout=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.05)
+    if proc.returncode:
+        raise SystemExit(f"predict child failed ({proc.returncode})")
+    result = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    return result | {"seconds": time.perf_counter() - started, "peak_rss_mb": peak / 2**20}
+
+
+@torch.inference_mode()
+def naive(run: Path, files: list[str]) -> float:
+    """images/s of the obvious loop: full-size decode, crop, resize, one image per model call."""
+    model, cfg = load_run(run)
+    started = time.perf_counter()
+    for f in files:
+        im = Image.open(f).convert("RGB")
+        half = fov_crop(min(im.size), cfg.fov) / 2
+        cx, cy = im.size[0] / 2, im.size[1] / 2
+        im = im.crop((cx - half, cy - half, cx + half, cy + half)).resize((cfg.image_size,) * 2, Image.BILINEAR)
+        outputs_to_probs(model(to_input(torch.from_numpy(np.array(im))[None])), cfg.head)
+    return len(files) / (time.perf_counter() - started)
+
+
+def decode_only(run: Path, n: int) -> float:
+    """images/s of the decoding side alone, every core decoding: the ceiling the model sees."""
+    cfg = RunConfig.load(run)
+    tasks = [(i, batch, cfg.image_size, cfg.fov) for i, batch in enumerate(np.array_split(sources(n), n // 256))]
+    started = time.perf_counter()
+    with mp.get_context().Pool(os.cpu_count()) as pool:
+        for _ in decoded_batches(tasks, pool, window=2 * (os.cpu_count() or 1)):
+            pass
+    return n / (time.perf_counter() - started)
+
+
+def inference_only(run: Path, batch: int = 256, repeats: int = 8) -> tuple[float, float]:
+    """images/s of torch and of onnxruntime on the same decoded uint8 batch (no decoding)."""
+    model, cfg = load_run(run)
+    pixels = torch.from_numpy(np.stack([load(s, cfg.image_size, cfg.fov).pixels for s in sources(batch)]))
+    torch_model = PixelModel(model, cfg.head).to(memory_format=torch.channels_last)
+    ort_forward = onnx_forward(run, torch.get_num_threads())
+
+    def rate(forward) -> float:
+        forward(pixels)  # warm up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            forward(pixels)
+        return batch * repeats / (time.perf_counter() - started)
+
+    with torch.inference_mode():
+        return rate(torch_model), rate(ort_forward)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="convnet")
+    parser.add_argument("--inputs", type=int, default=20_000)
+    parser.add_argument("--large", type=int, default=100_000, help="inputs for the memory comparison")
+    parser.add_argument("--naive", type=int, default=300, help="images for the naive loop")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: predict's)")
+    args = parser.parse_args()
+    if not IMAGES.exists():
+        raise SystemExit(f"{IMAGES} not found: the benchmark needs the real Kaggle test images")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run(Path(tmp), args.model)
+        export_onnx(run)  # once, as `zoomorph export` would: the onnx run below then measures prediction only
+        cfg = RunConfig.load(run)
+        workers, threads = cpu_split(args.workers, torch.cuda.is_available())
+        print(f"model {args.model} at {cfg.image_size} px, fov {cfg.fov}/{KAGGLE_SIZE}; {os.cpu_count()} cores: "
+              f"{workers} decoding processes, {threads} inference threads; "
+              f"{len(list_images(IMAGES))} distinct JPEGs", flush=True)
+        runs = {(backend, n): end_to_end(run, n, Path(tmp) / f"{backend}-{n}.parquet", backend, args.workers)
+                for backend, n in (("torch", args.inputs), ("torch", args.large), ("onnx", args.inputs))}
+        loop = naive(run, sources(args.naive))
+        decoding = decode_only(run, args.inputs)
+        torch_rate, ort_rate = inference_only(run)
+
+    for (backend, n), r in runs.items():
+        print(f"end to end, {backend:5} backend, {n:>7,} inputs: {r['images_per_s']:5.0f} img/s  "
+              f"({r['seconds']:.0f} s wall, peak RSS of the process tree {r['peak_rss_mb']:.0f} MB, "
+              f"{r['errors']} errors)")
+    small, large = runs["torch", args.inputs], runs["torch", args.large]
+    print(f"decoding only, all cores: {decoding:.0f} img/s")
+    print(f"naive loop ({args.naive} images): {loop:.0f} img/s -> predict is {small['images_per_s'] / loop:.1f}x "
+          f"faster (torch), {runs['onnx', args.inputs]['images_per_s'] / loop:.1f}x (onnx)")
+    print(f"inference only: torch {torch_rate:.0f} img/s, onnxruntime {ort_rate:.0f} img/s "
+          f"-> onnxruntime {ort_rate / torch_rate:.2f}x torch")
+    print(f"memory: {large['peak_rss_mb']:.0f} MB for {args.large:,} inputs vs {small['peak_rss_mb']:.0f} MB "
+          f"for {args.inputs:,} ({large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _, _, run_dir, count, output, backend_name, workers = sys.argv
+        child(run_dir, int(count), output, backend_name, None if workers == "None" else int(workers))
+    else:
+        main()

@@ -1,0 +1,179 @@
+"""Batched augmentation: whole-batch tensor ops on (B, C, H, W) images, on any device.
+
+Float images are expected in [0, 1]; uint8 images (0-255) work too. Random
+transforms take an optional torch.Generator, so a seeded one reproduces them.
+Geometric transforms need square images (the Galaxy Zoo cut-outs are).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SEED_TRANSFORMS = (0, 1, 3, 4, 6)  # the seed project's: identity, rotate 90, rotate 270, left-right, up-down flip
+KAGGLE_ZOOM_RANGE = (1 / 1.3, 1.3)  # Dieleman et al. 2015
+SCALE_ZOOM_RANGE = (0.5, 1.5)  # wide enough for other surveys' angular scales
+
+
+def _require_square(x: Tensor) -> None:
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"geometric augmentation needs square images, got {tuple(x.shape[-2:])}")
+
+
+def _float_op(op: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Let a float-only op take uint8 images too (converted to [0, 1] and back)."""
+
+    @functools.wraps(op)
+    def wrapper(x: Tensor, *args, **kwargs) -> Tensor:
+        if x.dtype != torch.uint8:
+            return op(x, *args, **kwargs)
+        out = op(x.float() / 255, *args, **kwargs)
+        return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+    return wrapper
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    # Drawn where the generator lives (it may be a CPU generator for GPU images), then moved.
+    where = generator.device if generator is not None else device
+    return (torch.rand(n, generator=generator, device=where) * (high - low) + low).to(device)
+
+
+def _randint(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    where = generator.device if generator is not None else device
+    return torch.randint(high, (n,), generator=generator, device=where).to(device)
+
+
+# --- the 8 symmetries of the square ----------------------------------------------------------------
+
+def dihedral(x: Tensor, k: int) -> Tensor:
+    """The k-th symmetry of the square, k in 0..7: k % 4 quarter turns (as torch.rot90),
+    after a left-right flip when k >= 4. dihedral(x, 6) is the up-down flip."""
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral index must be in 0..7, got {k}")
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def inverse_dihedral(k: int) -> int:
+    """The index that undoes dihedral(., k)."""
+    return (4 - k) % 4 if k < 4 else k  # a flip followed by turns is a reflection: its own inverse
+
+
+def dihedral_per_image(x: Tensor, ks: Tensor) -> Tensor:
+    """Image i transformed by dihedral(., ks[i]): one pass per distinct k, not per image."""
+    _require_square(x)
+    out = torch.empty_like(x)
+    for k in ks.unique().tolist():
+        chosen = ks == k
+        out[chosen] = dihedral(x[chosen], k)
+    return out
+
+
+def seed_augment(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The seed project's augmentation: per image, one of identity, rotate 90, rotate 270,
+    left-right flip, up-down flip, uniformly."""
+    choice = _randint(len(SEED_TRANSFORMS), x.shape[0], generator, x.device)
+    return dihedral_per_image(x, torch.tensor(SEED_TRANSFORMS, device=x.device)[choice])
+
+
+# --- affine resampling with a sky fill -------------------------------------------------------------
+
+def sky_level(x: Tensor) -> Tensor:
+    """Per image and channel, the median of the 1-pixel border ring: (B, C, 1, 1).
+
+    What fills pixels that a zoom-out or shift brings in from beyond the frame:
+    reflecting the image instead would duplicate the galaxy.
+    """
+    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+    return ring.median(dim=-1).values[..., None, None]
+
+
+def _warp(x: Tensor, theta: Tensor) -> Tensor:
+    """Resample through affine maps theta (B, 2, 3), output -> input in normalised coordinates."""
+    sky = sky_level(x)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    # Sampling x - sky with zero padding and adding sky back fills the outside with sky,
+    # blending smoothly across the frame's edge.
+    return F.grid_sample(x - sky, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + sky
+
+
+@_float_op
+def zoom(x: Tensor, factor: float) -> Tensor:
+    """Deterministic zoom about the centre: factor 0.5 makes the galaxy half as large
+    (the frame filled with sky), 1.5 makes it 1.5 times larger (the edges cropped)."""
+    if factor <= 0:
+        raise ValueError(f"zoom factor must be positive, got {factor}")
+    theta = torch.tensor([[1 / factor, 0.0, 0.0], [0.0, 1 / factor, 0.0]], device=x.device)
+    return _warp(x, theta.expand(x.shape[0], 2, 3))
+
+
+@_float_op
+def kaggle_augment(x: Tensor, generator: torch.Generator | None = None, *, rotation: float = 180.0,
+                   shift: float = 4 / 64, zoom_range: tuple[float, float] = KAGGLE_ZOOM_RANGE,
+                   flip: bool = True, colour: float = 0.05) -> Tensor:
+    """The Kaggle winner's augmentation, one affine resampling per batch.
+
+    Per image: rotation uniform in +-`rotation` degrees, shift uniform in +-`shift`
+    of the side (in x and y), zoom log-uniform in `zoom_range` (>1 enlarges),
+    a left-right flip with probability 1/2 when `flip`, then each channel's
+    brightness scaled by exp(N(0, colour)) (a small colour perturbation).
+    """
+    _require_square(x)
+    n, channels, device = x.shape[0], x.shape[1], x.device
+    angle = torch.deg2rad(_uniform(n, -rotation, rotation, generator, device))
+    scale = torch.exp(_uniform(n, math.log(zoom_range[0]), math.log(zoom_range[1]), generator, device))
+    mirror = 1 - 2 * (_uniform(n, 0, 1, generator, device) < 0.5).float() if flip else torch.ones(n, device=device)
+    offset = _uniform(2 * n, -2 * shift, 2 * shift, generator, device).view(2, n)  # normalised side = 2
+    cos, sin = angle.cos() / scale, angle.sin() / scale
+    # output -> input: rotate and scale after an optional mirror in x, then shift
+    theta = torch.stack([cos * mirror, -sin, offset[0], sin * mirror, cos, offset[1]], dim=1).view(n, 2, 3)
+    out = _warp(x, theta)
+    if colour > 0:
+        where = generator.device if generator is not None else device
+        gains = torch.exp(colour * torch.randn(n, channels, generator=generator, device=where)).to(device)
+        out = (out * gains[..., None, None].to(out.dtype)).clamp_(0, 1)
+    return out
+
+
+def scale_augment(x: Tensor, generator: torch.Generator | None = None, **options) -> Tensor:
+    """kaggle_augment with zoom 0.5-1.5: for robustness to other surveys' angular scales."""
+    return kaggle_augment(x, generator, **{"zoom_range": SCALE_ZOOM_RANGE, **options})
+
+
+# --- by name ---------------------------------------------------------------------------------------
+
+AUGMENTS: dict[str, Callable[..., Tensor] | None] = {
+    "none": None, "seed": seed_augment, "kaggle": kaggle_augment, "scale": scale_augment,
+}
+
+
+class Augment(nn.Module):
+    """A named augmentation as a module: `Augment("kaggle", zoom_range=(0.8, 1.2))(images)`."""
+
+    def __init__(self, name: str, generator: torch.Generator | None = None, **options):
+        super().__init__()
+        if name not in AUGMENTS:
+            raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTS)}")
+        if AUGMENTS[name] is None and options:
+            raise ValueError(f"augmentation {name!r} takes no options, got {sorted(options)}")
+        self.name, self.generator, self.options = name, generator, options
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """`generator` (e.g. seeded per training step) overrides the one given at construction."""
+        transform = AUGMENTS[self.name]
+        return x if transform is None else transform(x, generator or self.generator, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join([repr(self.name)] + [f"{k}={v!r}" for k, v in self.options.items()])
+
+
+def build_augment(name: str | None, **options) -> Augment:
+    """"none" (or None), "seed", "kaggle" or "scale"; options go to the transform (and `generator`)."""
+    return Augment(name or "none", **options)

@@ -1,0 +1,49 @@
+"""A small modern convnet for CPU training at 64 px, after EfficientNetV2 (Tan & Le 2021).
+
+Inverted-residual blocks with BatchNorm and SiLU: "fused" ones (a full 3x3
+expansion conv) at high resolution, where depthwise convs are slow on CPUs,
+then depthwise-separable ones at low resolution; global average pooling.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from zoomorph.models.layers import conv_bn, global_pool, init_conv_weights
+from zoomorph.models.registry import MODERN_RECIPE, register_model
+
+
+class InvertedResidual(nn.Module):
+    """Expand channels (fused: 3x3 conv; else 1x1 then depthwise 3x3), project back linearly, add the input."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand: int, fused: bool):
+        super().__init__()
+        hidden = in_channels * expand
+        expansion = ([conv_bn(in_channels, hidden, 3, stride, act=nn.SiLU)] if fused else
+                     [conv_bn(in_channels, hidden, 1, act=nn.SiLU),
+                      conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.SiLU)])
+        self.body = nn.Sequential(*expansion, conv_bn(hidden, out_channels, 1, act=None))
+        self.residual = stride == 1 and in_channels == out_channels
+        if self.residual:
+            nn.init.zeros_(self.body[-1][1].weight)  # start as the identity
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+# (out channels, blocks, first stride, expansion, fused) per stage
+STAGES = [(24, 1, 1, 2, True), (48, 2, 2, 4, True), (96, 3, 2, 4, False), (160, 2, 2, 4, False)]
+STEM, FEATURES = 24, 512
+
+
+@register_model("convnet", default_image_size=64, recipe=MODERN_RECIPE, head_dropout=0.3,
+                description="EfficientNetV2-style inverted residuals (fused, then depthwise), SiLU, global average pool")
+def convnet(image_size: int) -> tuple[nn.Module, int]:
+    blocks, channels = [conv_bn(3, STEM, 3, stride=2, act=nn.SiLU)], STEM
+    for out_channels, depth, stride, expand, fused in STAGES:
+        for i in range(depth):
+            blocks.append(InvertedResidual(channels, out_channels, stride if i == 0 else 1, expand, fused))
+            channels = out_channels
+    backbone = nn.Sequential(*blocks, conv_bn(channels, FEATURES, 1, act=nn.SiLU), global_pool())
+    backbone.apply(init_conv_weights)
+    return backbone, FEATURES

@@ -1,0 +1,51 @@
+"""Building blocks shared by the modern models (resnet, convnet, rotinv)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, groups: int = 1,
+            act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
+    """Conv ('same' padding, no bias: BatchNorm has one) -> BatchNorm -> activation (None: linear)."""
+    layers = [nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(out_channels)]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs plus a shortcut (1x1 projection where the shape changes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(in_channels, out_channels, 3, stride),
+                                  conv_bn(out_channels, out_channels, 3, act=None))
+        self.shortcut = (nn.Identity() if stride == 1 and in_channels == out_channels
+                         else conv_bn(in_channels, out_channels, 1, stride, act=None))
+        self.act = nn.ReLU()
+        nn.init.zeros_(self.body[-1][1].weight)  # each block starts as the identity: trains faster and deeper
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+def resnet_stages(in_channels: int, widths: list[int], depths: list[int]) -> list[nn.Module]:
+    """Stages of basic blocks; every stage but the first halves the side."""
+    blocks = []
+    for stage, (width, depth) in enumerate(zip(widths, depths)):
+        for i in range(depth):
+            blocks.append(BasicBlock(in_channels, width, stride=2 if stage > 0 and i == 0 else 1))
+            in_channels = width
+    return blocks
+
+
+def init_conv_weights(module: nn.Module) -> None:
+    """He initialisation for convolutions (torch's default is tuned for linear layers)."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+
+def global_pool() -> nn.Sequential:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())

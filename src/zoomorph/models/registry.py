@@ -1,0 +1,81 @@
+"""Model registry: a model is one builder function plus one `@register_model` decorator.
+
+Every model is `Network(backbone, head)`: the backbone maps a float32 (B, 3, H, W)
+batch in [0, 1] to a flat feature vector, the head maps those features to the
+output the task needs (class logits or the 37 Galaxy Zoo vote fractions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from torch import Tensor, nn
+
+from zoomorph.models.heads import build_head
+
+# A builder takes the input side in pixels and returns (backbone, number of features it outputs).
+Builder = Callable[[int], tuple[nn.Module, int]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    default_image_size: int
+    recipe: dict  # training defaults: optimizer, lr, betas, eps, weight_decay, scheduler, label_smoothing, batch_size, augment
+    build: Builder = field(repr=False, compare=False)
+    head_dropout: float = 0.0  # dropout right before the head's linear layer
+
+
+# Training defaults for the modern (BatchNorm, residual) models.
+MODERN_RECIPE = dict(optimizer="adamw", lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05,
+                     scheduler="onecycle", label_smoothing=0.1, batch_size=64, augment="kaggle")
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, description: str, default_image_size: int, recipe: dict,
+                   head_dropout: float = 0.0) -> Callable[[Builder], Builder]:
+    def decorator(build: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelSpec(name, description, default_image_size, dict(recipe), build, head_dropout)
+        return build
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    spec = _REGISTRY[name]
+    return replace(spec, recipe=dict(spec.recipe))  # a copy: callers may override the recipe freely
+
+
+class Network(nn.Module):
+    """backbone (images -> features) followed by head (features -> output)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+
+def create_model(name: str, *, head: str = "classes", num_classes: int = 3,
+                 image_size: int | None = None) -> nn.Module:
+    """A freshly initialised model.
+
+    head "classes": raw logits (B, num_classes); head "votes": (B, 37) cumulative
+    Galaxy Zoo fractions that obey the decision tree (num_classes is ignored).
+    """
+    spec = model_spec(name)
+    backbone, features = spec.build(image_size or spec.default_image_size)
+    return Network(backbone, build_head(head, features, num_classes, dropout=spec.head_dropout))

@@ -1,0 +1,313 @@
+"""Prediction over any number of images, streamed: decode in worker processes, infer in batches, write parts.
+
+Worker processes each decode a whole batch of sources into one uint8 array
+(DCT-draft JPEG decoding, images.load) while the main process runs the model
+on the previous batches; at most a few batches are in flight, so memory stays
+flat however many inputs there are. Results go to writers.PartWriter chunk by
+chunk, which is what makes a killed run resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass
+from multiprocessing.pool import Pool
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from zoomorph.inference import outputs_to_probs, to_input
+from zoomorph.predict.inputs import decode_batch, expand_inputs
+from zoomorph.predict.writers import FORMATS, PartWriter
+from zoomorph.runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, load_run
+from zoomorph.schema import ANSWER_COLUMNS
+
+BACKENDS = ("torch", "onnx")
+ENGINES = ("local", "ray")
+Q1 = slice(0, 3)  # Class1.1-1.3: the question everyone answers, a distribution that sums to 1
+
+
+@dataclass
+class PredictSummary:
+    total: int  # inputs, one output row each
+    ok: int  # rows with predictions
+    errors: int  # rows whose image could not be read
+    out: Path
+    predicted: int  # inputs predicted by this call: fewer than total when it resumed an earlier one
+    images_per_s: float  # those per second of this call's wall time (0 when nothing was left to do)
+
+
+class PixelModel(nn.Module):
+    """uint8 (B, H, W, 3) pixels -> class probabilities (or the 37 vote fractions): what gets served."""
+
+    def __init__(self, model: nn.Module, head: str):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return outputs_to_probs(self.model(to_input(pixels)), self.head)
+
+
+def weights_digest(run_dir: Path) -> str:
+    return hashlib.sha256((Path(run_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- output columns
+
+def output_columns(cfg: RunConfig, preset: str | None, mc_samples: int) -> dict[str, pa.DataType]:
+    """Result columns after the listing's: values, predicted class, uncertainty, error."""
+    values = [f"p_{c}" for c in cfg.classes] if cfg.head == "classes" else list(ANSWER_COLUMNS)
+    columns = {c: pa.float32() for c in values}
+    if cfg.head == "classes" or preset:
+        columns["predicted"] = pa.string()
+    columns["entropy"] = pa.float32()
+    if mc_samples:
+        columns.update(std=pa.float32(), mutual_info=pa.float32())
+    columns["error"] = pa.string()
+    return columns
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy in nats over the last axis."""
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
+
+
+def uncertainty(samples: np.ndarray) -> dict[str, np.ndarray]:
+    """(S, n, C) class distributions -> entropy of their mean; with MC samples (S > 1 draws of
+    dropout) also the std of the top class's probability and the mutual information (BALD)."""
+    mean = samples.mean(0)
+    out = {"entropy": _entropy(mean)}
+    if len(samples) > 1:
+        top = mean.argmax(1)
+        out["std"] = samples.std(0)[np.arange(len(mean)), top]
+        out["mutual_info"] = out["entropy"] - _entropy(samples).mean(0)
+    return out
+
+
+# ---------------------------------------------------------------- the model side
+
+class Predictor:
+    """Decoded batches -> result rows, with the torch or ONNX backend, TTA and MC dropout."""
+
+    def __init__(self, run_dir: Path, *, backend: str = "torch", tta: bool = False, mc_samples: int = 0,
+                 preset: str | None = None):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.cfg = RunConfig.load(run_dir)
+        self.tta, self.mc_samples, self.preset = tta, mc_samples, preset
+        self.columns = list(output_columns(self.cfg, preset, mc_samples))
+        if backend == "onnx":
+            from zoomorph.predict.onnx import onnx_forward
+
+            self.forward = onnx_forward(run_dir, torch.get_num_threads())  # as many as torch would use
+        else:
+            model, _ = load_run(run_dir, self.device)
+            self.forward = self._torch_forward(PixelModel(model, self.cfg.head))
+
+    def _torch_forward(self, model: PixelModel) -> Callable[[torch.Tensor], torch.Tensor]:
+        cuda = self.device.type == "cuda"
+        model = model.to(memory_format=torch.channels_last)
+        if self.mc_samples:
+            dropout = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+            if not dropout:
+                raise ValueError(f"model {self.cfg.model!r} has no dropout layers: MC dropout needs some")
+            for m in dropout:  # dropout samples, BatchNorm keeps its running statistics
+                m.train()
+        amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+
+        @torch.inference_mode()
+        def forward(pixels: torch.Tensor) -> torch.Tensor:
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True) if cuda else pixels
+            with torch.autocast("cuda", dtype=amp, enabled=cuda):
+                return model(pixels).float().cpu()
+
+        return forward
+
+    def _views_mean(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not self.tta:
+            return self.forward(pixels)
+        from zoomorph.data.augment import dihedral
+
+        nchw = pixels.permute(0, 3, 1, 2)  # dihedral turns the last two axes: H and W
+        return torch.stack([self.forward(dihedral(nchw, k).permute(0, 2, 3, 1).contiguous())
+                            for k in range(8)]).mean(0)
+
+    def samples(self, pixels: np.ndarray, seed: int) -> np.ndarray:
+        """(S, n, K): S = 1, or one draw of the dropout masks per MC sample (seeded by `seed`)."""
+        x = torch.from_numpy(pixels)
+        if not self.mc_samples:
+            return self._views_mean(x).numpy()[None]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)  # the same rows get the same masks on a rerun or a resume
+            return torch.stack([self._views_mean(x) for _ in range(self.mc_samples)]).numpy()
+
+    def results(self, pixels: np.ndarray, errors: list[str], seed: int) -> pd.DataFrame:
+        """One row per source of a decoded batch: `pixels` holds its readable ones, in order."""
+        n, errors = len(errors), np.asarray(errors, dtype=object)
+        ok = errors == ""
+        columns = {c: np.full(n, np.nan, np.float32) for c in self.columns}
+        columns["error"] = errors
+        if "predicted" in columns:
+            columns["predicted"] = np.full(n, None, dtype=object)
+        if ok.any():
+            samples = self.samples(pixels, seed)
+            mean = samples.mean(0)
+            for name, values in zip(self.columns[:mean.shape[1]], mean.T, strict=True):  # values come first
+                columns[name][ok] = values
+            if "predicted" in columns:
+                columns["predicted"][ok] = self._predicted(mean)
+            for name, values in uncertainty(samples if self.cfg.head == "classes" else samples[..., Q1]).items():
+                columns[name][ok] = values
+        return pd.DataFrame(columns)
+
+    def _predicted(self, values: np.ndarray) -> np.ndarray:
+        if self.cfg.head == "classes":
+            return np.asarray(self.cfg.classes, dtype=object)[values.argmax(1)]
+        from zoomorph.labels import assign
+
+        return assign(pd.DataFrame(values, columns=ANSWER_COLUMNS), self.preset).labels.to_numpy()
+
+
+# ---------------------------------------------------------------- the local engine
+
+def decoded_batches(tasks: Iterable[tuple], pool: Pool | None,
+                    window: int) -> Iterator[tuple[int, np.ndarray, list[str]]]:
+    """decode_batch over `tasks`, in order, in `pool` (None: here), at most `window` batches ahead.
+
+    A bounded window rather than Pool.imap: imap runs ahead as far as the
+    decoders can, so a slow model would let decoded pixels pile up in memory.
+    """
+    if pool is None:
+        yield from map(decode_batch, tasks)
+        return
+    pending: deque = deque()
+    for task in tasks:
+        pending.append(pool.apply_async(decode_batch, (task,)))
+        if len(pending) > window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def cpu_split(workers: int | None, cuda: bool) -> tuple[int, int]:
+    """(decoding processes, inference threads) for this machine.
+
+    On a GPU the main process mostly waits for the GPU: decode on every core.
+    On a CPU the model costs several times the decoding, and threads that outnumber
+    the cores stall each other at every parallel op: a quarter of the cores decode
+    and the rest run the model.
+    """
+    cores = os.cpu_count() or 1
+    if workers is None:
+        workers = cores if cuda else max(1, cores // 4)
+    return workers, max(1, cores - workers)
+
+
+def local_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]], *, batch_size: int,
+                  workers: int | None, predictor_options: dict) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+    cfg = RunConfig.load(run_dir)
+    workers, threads = cpu_split(workers, torch.cuda.is_available())
+    tasks = ((s, sources[s:min(s + batch_size, stop)], cfg.image_size, cfg.fov)
+             for start, stop in spans for s in range(start, stop, batch_size))
+    previous = torch.get_num_threads()
+    # The pool forks before the model is loaded (and before CUDA starts): light, clean children.
+    with mp.get_context().Pool(workers) if workers else nullcontext() as pool:
+        torch.set_num_threads(threads)
+        try:
+            predictor = Predictor(run_dir, **predictor_options)
+            for start, pixels, errors in decoded_batches(tasks, pool, window=2 * workers):
+                yield np.arange(start, start + len(errors)), predictor.results(pixels, errors, seed=start)
+        finally:
+            torch.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------- predict()
+
+def _check(cfg: RunConfig, fmt: str, backend: str, engine: str, mc_samples: int, preset: str | None) -> None:
+    for value, allowed, what in ((fmt, FORMATS, "format"), (backend, BACKENDS, "backend"),
+                                 (engine, ENGINES, "engine")):
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}: choose one of {', '.join(allowed)}")
+    if fmt == "kaggle" and cfg.head != "votes":
+        raise ValueError("format 'kaggle' writes the 37 vote fractions: it needs a run trained with the votes "
+                         f"head, and this run has the {cfg.head!r} head (use parquet or csv)")
+    if preset and cfg.head != "votes":
+        raise ValueError("a preset derives classes from vote fractions: it needs a votes run "
+                         "(a classes run already predicts its classes)")
+    if mc_samples == 1 or mc_samples < 0:
+        raise ValueError(f"mc_samples={mc_samples}: MC dropout needs 2 samples or more (0 turns it off)")
+    if mc_samples and backend == "onnx":
+        raise ValueError("MC dropout needs backend='torch' (the ONNX graph is exported in eval mode)")
+
+
+def _fingerprint(run_dir: Path, listing: pd.DataFrame, settings: dict) -> str:
+    """Changes when the input listing, the run (config and weights) or a result-changing setting does."""
+    h = hashlib.sha256(pd.util.hash_pandas_object(listing, index=False).to_numpy().tobytes())
+    h.update((Path(run_dir) / CONFIG_FILE).read_bytes())
+    h.update(weights_digest(run_dir).encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str = "parquet",
+            backend: str = "torch", engine: str = "local", tta: bool = False, mc_samples: int = 0,
+            batch_size: int = 256, workers: int | None = None, chunk_size: int = 4096,
+            preset: str | None = None, ray_address: str | None = None, progress: bool = True) -> PredictSummary:
+    """Classify every image in `inputs` into `out`: one row per input, in input order (docs/predict.md).
+
+    Resumable: rerun the same call after a crash or a kill and it carries on from the parts written.
+    """
+    started = time.perf_counter()
+    run_dir, out = Path(run_dir), Path(out)
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    cfg = RunConfig.load(run_dir)
+    _check(cfg, format, backend, engine, mc_samples, preset)
+    columns = output_columns(cfg, preset, mc_samples)
+    listing = expand_inputs(inputs)
+    listing = listing.rename(columns={c: f"input_{c}" for c in listing.columns[2:] if c in columns})
+    if format == "kaggle" and listing["id"].dtype.kind != "i":
+        raise ValueError("format 'kaggle' needs numeric GalaxyIDs, but some file names are not numbers "
+                         f"(e.g. {listing['id'][~listing['id'].str.fullmatch(r'[0-9]+')].iloc[0]!r})")
+    options = dict(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
+    writer = PartWriter(out, listing, pa.schema(list(columns.items())), chunk_size,
+                        _fingerprint(run_dir, listing, options | {"chunk_size": chunk_size}))
+    spans = [writer.chunk_rows(k) for k in writer.pending()]
+    todo = sum(stop - start for start, stop in spans)
+    if spans:
+        sources = listing["path"].tolist()
+        if engine == "ray":
+            from zoomorph.predict.ray_engine import ray_results
+
+            stream = ray_results(run_dir, sources, spans, batch_size=batch_size, actors=workers,
+                                 ray_address=ray_address, predictor_options=options)
+        else:
+            stream = local_results(run_dir, sources, spans, batch_size=batch_size, workers=workers,
+                                   predictor_options=options)
+        _consume(stream, writer, todo, progress)
+    ok, errors = writer.finish(format)
+    seconds = time.perf_counter() - started
+    return PredictSummary(len(listing), ok, errors, out, todo, todo / seconds if todo else 0.0)
+
+
+def _consume(stream: Iterator[tuple[np.ndarray, pd.DataFrame]], writer: PartWriter, todo: int,
+             progress: bool) -> None:
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("predict", total=todo, rate="-")
+        for rows, results in stream:
+            writer.add(rows, results)
+            bar.advance(task, len(rows))
+            speed = bar.tasks[0].speed
+            bar.update(task, rate=f"{speed:,.0f}" if speed else "-")

@@ -1,0 +1,86 @@
+"""The Ray engine: the local engine's work spread over a Ray cluster (docs/scaling-out.md).
+
+    sources (blocks of one output chunk) -> decode: map_batches tasks on CPUs
+      -> infer: map_batches on an actor pool (one actor per GPU, or CPU actors)
+      -> result rows stream back to the driver in input order -> writers.PartWriter
+
+The driver writes the Parquet parts and assembles them exactly as the local
+engine does, so the output, the formats and resuming are the same, and the
+output lands where the driver runs even when the cluster shares no disk with
+it. The images and the run folder must be readable from every node. Ray is
+an optional dependency, imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from zoomorph.predict.engine import Predictor
+from zoomorph.predict.inputs import decode_batch
+from zoomorph.runs import RunConfig
+
+LOCAL_CPUS = 2  # a local Ray instance stays small: it shares the machine with everything else
+
+
+def _decode(batch: dict[str, np.ndarray], size: int, fov: int) -> dict[str, np.ndarray]:
+    _, readable, errors = decode_batch((0, list(batch["source"]), size, fov))
+    errors = np.asarray(errors, dtype=object)
+    pixels = np.zeros((len(errors), size, size, 3), np.uint8)  # a column needs one shape: blanks for errors
+    pixels[errors == ""] = readable
+    return {"row": batch["row"], "pixels": pixels, "error": errors}
+
+
+class _Infer:
+    """An actor holding one loaded model."""
+
+    def __init__(self, run_dir: str, options: dict):
+        self.predictor = Predictor(Path(run_dir), **options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+        ok = batch["error"] == ""
+        results = self.predictor.results(batch["pixels"][ok], list(batch["error"]), seed=int(batch["row"][0]))
+        return results.assign(row=batch["row"])
+
+
+def ray_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]], *, batch_size: int,
+                actors: int | None, ray_address: str | None,
+                predictor_options: dict) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+    """(listing rows, result rows) for the rows in `spans`, in order, computed on Ray.
+
+    `actors`: inference actors; by default one per GPU in the cluster, else one.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("engine='ray' needs Ray: pip install zoomorph[ray]") from None
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if ray_address:
+            ray.init(address=ray_address, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # rows come back in input order: chunks fill one by one
+        context.enable_progress_bars = False  # predict() shows its own
+        cfg = RunConfig.load(run_dir)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        blocks = [pd.DataFrame({"row": np.arange(start, stop), "source": sources[start:stop]})
+                  for start, stop in spans]
+        ds = (ray.data.from_pandas(blocks)
+              .map_batches(_decode, fn_kwargs=dict(size=cfg.image_size, fov=cfg.fov), batch_size=batch_size,
+                           batch_format="numpy")
+              .map_batches(_Infer, fn_constructor_kwargs=dict(run_dir=str(run_dir), options=predictor_options),
+                           batch_size=batch_size, batch_format="numpy", concurrency=actors or max(gpus, 1),
+                           num_gpus=1 if gpus else 0))
+        for results in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            yield results.pop("row").to_numpy(), results
+    finally:
+        if started_here:
+            ray.shutdown()

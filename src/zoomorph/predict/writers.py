@@ -1,0 +1,137 @@
+"""The output, written in parts as prediction goes, so that a killed run resumes where it stopped.
+
+    OUT.parts/manifest.json      fingerprint of the input listing and the settings
+    OUT.parts/part-00000.parquet rows [0, C) of the output, C = chunk size
+    OUT.parts/part-00001.parquet rows [C, 2C) ...
+
+Every file appears by `os.replace` of a finished temporary file, so a part that
+exists is complete whenever the process dies (SIGKILL included). A rerun with
+the same listing and settings skips the parts already there; with different
+ones it refuses rather than mix stale rows in. When every part is there they
+are concatenated, one at a time (memory stays flat), into OUT (temporary file
++ rename) and the parts folder is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN
+
+FORMATS = ("parquet", "csv", "kaggle")
+MANIFEST = "manifest.json"
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def _replace_atomically(write, target: Path) -> None:
+    """Call write(tmp) and move tmp onto target: readers see the old file or the whole new one."""
+    tmp = target.with_name(target.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, target)
+
+
+class PartWriter:
+    """Collects result rows by chunk and writes each chunk as a part once all its rows arrived."""
+
+    def __init__(self, out: Path, listing: pd.DataFrame, result_schema: pa.Schema, chunk_size: int,
+                 fingerprint: str):
+        self.out, self.listing, self.chunk_size = Path(out), listing, chunk_size
+        listing_schema = pa.Schema.from_pandas(listing, preserve_index=False).remove_metadata()
+        self.schema = pa.unify_schemas([listing_schema, result_schema])  # one schema for every part
+        self.dir = parts_dir(self.out)
+        self.n_chunks = -(-len(listing) // chunk_size)
+        self._buffers: dict[int, list[tuple[np.ndarray, pd.DataFrame]]] = {}
+        self._check_manifest({"fingerprint": fingerprint, "rows": len(listing), "chunk_size": chunk_size})
+
+    def _check_manifest(self, manifest: dict) -> None:
+        path = self.dir / MANIFEST
+        if path.exists():
+            if json.loads(path.read_text()) != manifest:
+                raise ValueError(
+                    f"{self.dir} holds parts of a different prediction (the inputs, the run or the settings "
+                    f"changed since it started). Rerun the original command to finish it, or delete "
+                    f"{self.dir} to start over.")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _replace_atomically(lambda tmp: tmp.write_text(json.dumps(manifest)), path)
+
+    def part_path(self, chunk: int) -> Path:
+        return self.dir / f"part-{chunk:05d}.parquet"
+
+    def chunk_rows(self, chunk: int) -> tuple[int, int]:
+        return chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, len(self.listing))
+
+    def pending(self) -> list[int]:
+        """Chunks not yet on disk, in order."""
+        return [k for k in range(self.n_chunks) if not self.part_path(k).exists()]
+
+    def add(self, rows: np.ndarray, results: pd.DataFrame) -> None:
+        """Result rows for listing rows `rows` (any order, any chunks); full chunks are written at once."""
+        chunk_of = rows // self.chunk_size
+        for chunk in np.unique(chunk_of):
+            mine = chunk_of == chunk
+            buffer = self._buffers.setdefault(int(chunk), [])
+            buffer.append((rows[mine], results[mine]))
+            start, stop = self.chunk_rows(int(chunk))
+            if sum(len(r) for r, _ in buffer) == stop - start:
+                self._write(int(chunk))
+
+    def _write(self, chunk: int) -> None:
+        pieces = self._buffers.pop(chunk)
+        rows = np.concatenate([r for r, _ in pieces])
+        order = np.argsort(rows, kind="stable")
+        start, stop = self.chunk_rows(chunk)
+        if not np.array_equal(rows[order], np.arange(start, stop)):
+            raise RuntimeError(f"chunk {chunk}: got rows other than each of {start}..{stop - 1} once")
+        results = pd.concat([f for _, f in pieces], ignore_index=True).iloc[order].reset_index(drop=True)
+        part = pd.concat([self.listing.iloc[start:stop].reset_index(drop=True), results], axis=1)
+        table = pa.Table.from_pandas(part, schema=self.schema, preserve_index=False)
+        _replace_atomically(lambda tmp: pq.write_table(table, tmp), self.part_path(chunk))
+
+    def finish(self, fmt: str) -> tuple[int, int]:
+        """Concatenate the parts into OUT in format `fmt`, remove the parts; (readable, unreadable) counts."""
+        missing = self.pending()
+        if missing:
+            raise RuntimeError(f"cannot assemble {self.out}: parts {missing[:5]}... are missing")
+        parts = [self.part_path(k) for k in range(self.n_chunks)]
+        counts = _assemble(parts, self.out, fmt, self.schema)
+        shutil.rmtree(self.dir)
+        return counts
+
+
+def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema) -> tuple[int, int]:
+    rows = errors = 0
+
+    def tables():
+        nonlocal rows, errors
+        for part in parts:
+            table = pq.read_table(part)
+            failed = np.asarray(table["error"].to_numpy(zero_copy_only=False) != "")
+            rows, errors = rows + len(failed), errors + int(failed.sum())
+            yield table, failed
+
+    def write(tmp: Path) -> None:
+        if fmt == "parquet":
+            with pq.ParquetWriter(tmp, schema) as parquet:
+                for table, _ in tables():
+                    parquet.write_table(table)
+            return
+        for i, (table, failed) in enumerate(tables()):
+            frame = table.to_pandas()
+            if fmt == "kaggle":  # only readable images, under the challenge's exact header
+                frame = frame.loc[~failed, ["id", *ANSWER_COLUMNS]].rename(columns={"id": ID_COLUMN})
+            frame.to_csv(tmp, mode="a" if i else "w", header=i == 0, index=False)
+
+    _replace_atomically(write, out)
+    return rows - errors, errors

@@ -1,0 +1,63 @@
+"""The command line is a thin layer: each command runs, prints its accounting, fails with a clear message."""
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from conftest import REAL_DATA, needs_real_data
+from zoomorph.cli import app
+
+runner = CliRunner()
+
+
+def test_every_command_has_help():
+    for command in ["synth", "labels", "prepare", "train", "models", "demo", "evaluate", "report", "compare",
+                    "predict", "export"]:
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, command
+        assert "Usage" in result.output
+
+
+def test_models_lists_the_registry():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    for name in ["seed-model1", "seed-model2", "convnet", "resnet", "rotinv"]:
+        assert name in result.output
+
+
+def test_labels_and_prepare_on_a_tiny_set(kaggle_dir, tmp_path):
+    out = tmp_path / "labels.csv"
+    result = runner.invoke(app, ["labels", str(kaggle_dir / "solutions.csv"), "--preset", "smooth-featured",
+                                 "--min-share", "0.6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out)
+    assert len(written) == 30 and set(written["label"].dropna()) <= {"smooth", "featured"}
+    result = runner.invoke(app, ["prepare", str(kaggle_dir / "images"), "--labels", str(kaggle_dir / "solutions.csv"),
+                                 "--out", str(tmp_path / "p"), "--size", "32", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "images found" in result.output and (tmp_path / "p" / "skipped.csv").exists()
+
+
+def flat(result) -> str:
+    return " ".join(result.output.split())  # rich wraps long lines
+
+
+def test_errors_are_messages_not_tracebacks(kaggle_dir, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    result = runner.invoke(app, ["labels", str(bad)])
+    assert result.exit_code == 2 and "wrong header" in flat(result)
+    result = runner.invoke(app, ["labels", str(kaggle_dir / "solutions.csv"), "--preset", "nonsense"])
+    assert result.exit_code == 2 and "unknown preset 'nonsense'" in flat(result)
+    result = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 2 and "not a run folder" in flat(result)
+
+
+@needs_real_data
+def test_labels_seed_on_real_sample_prints_original_counts():
+    result = runner.invoke(app, ["labels", str(REAL_DATA / "gz-kaggle-sample" / "solutions.csv"), "--preset", "seed"])
+    assert result.exit_code == 0
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
+             if line.count("│") == 3}
+    assert lines["elliptical (meets rule)"] == "45" and lines["lenticular (meets rule)"] == "36"
+    assert lines["spiral (meets rule)"] == "41" and lines["conflicts (exclude)"] == "6"
+    assert "6 galaxies meet several rules: elliptical+lenticular" in result.output

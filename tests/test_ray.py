@@ -1,0 +1,54 @@
+"""engine="ray": the same rows as the local engine; and predict works without Ray installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from predict_toys import CLASSES, write_images
+
+from zoomorph import runs
+from zoomorph.predict import predict
+from zoomorph.runs import RunConfig
+
+
+def test_predict_imports_and_explains_without_ray(tmp_path):
+    # A fresh interpreter where `import ray` fails, as on a machine without the extra.
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import zoomorph.predict.engine\n"
+            "from zoomorph.predict.ray_engine import ray_results\n"
+            "try:\n    next(ray_results(None, [], [], batch_size=1, actors=None, ray_address=None,"
+            " predictor_options={}))\n"
+            "except ImportError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "pip install zoomorph[ray]" in done.stdout, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its settings
+def test_ray_engine_equals_local_engine(tmp_path):
+    pytest.importorskip("ray")
+    images = tmp_path / "images"
+    write_images(images, range(300000, 300300))
+    (images / "399999.jpg").write_bytes(b"not a jpeg")
+    run = tmp_path / "run"
+    cfg = RunConfig(model="convnet", head="classes", classes=CLASSES, image_size=32, fov=212)
+    cfg.save(run)
+    torch.manual_seed(0)
+    runs.save_weights(run, runs.build_model(cfg))
+
+    local = pd.read_parquet(predict(run, [images], tmp_path / "local.parquet", chunk_size=128, batch_size=64,
+                                    workers=0, progress=False).out)
+    summary = predict(run, [images], tmp_path / "ray.parquet", engine="ray", chunk_size=128, batch_size=64,
+                      progress=False)
+    distributed = pd.read_parquet(summary.out)
+    assert summary.total == 301 and summary.errors == 1
+    assert distributed["id"].tolist() == local["id"].tolist()
+    assert distributed["error"].tolist() == local["error"].tolist()
+    probabilities = [f"p_{c}" for c in CLASSES]
+    np.testing.assert_allclose(distributed[probabilities], local[probabilities], atol=1e-5)
+    assert (distributed["predicted"].fillna("-") == local["predicted"].fillna("-")).all()
