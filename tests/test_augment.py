@@ -168,6 +168,8 @@ def test_build_augment_by_name():
     assert torch.allclose(build_augment("kaggle", **NO_CHANGE)(x), x, atol=1e-5)
     scaled = build_augment("scale", generator=torch.Generator().manual_seed(2))(x)
     assert torch.equal(scaled, scale_augment(x, torch.Generator().manual_seed(2)))
+    per_call = build_augment("kaggle")(x, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(per_call, kaggle_augment(x, torch.Generator().manual_seed(4)))
     with pytest.raises(ValueError, match="kaggle"):
         build_augment("bogus")
     with pytest.raises(ValueError):

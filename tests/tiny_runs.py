@@ -18,6 +18,7 @@ from zoomorph.data.prepare import prepare
 from zoomorph.data.prepared import PreparedData
 from zoomorph.data.synthetic import make_synthetic
 from zoomorph.models import create_model, list_models, register_model
+from zoomorph.models.registry import MODERN_RECIPE
 from zoomorph.runs import HISTORY_FILE, SUMMARY_FILE, RunConfig, save_weights
 from zoomorph.schema import ANSWER_COLUMNS
 
@@ -25,7 +26,9 @@ TINY_MODEL = "test-tiny-cnn"
 SIZE = 32
 
 if TINY_MODEL not in list_models():
-    @register_model(TINY_MODEL, description="two convolutions, for tests", default_image_size=SIZE, recipe={})
+    # A full member of the registry (recipe, dropout), so registry-wide model tests hold for it too.
+    @register_model(TINY_MODEL, description="two convolutions, for tests", default_image_size=SIZE,
+                    recipe=MODERN_RECIPE, head_dropout=0.2)
     def _tiny(image_size: int) -> tuple[nn.Module, int]:
         return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2, padding=1),
                              nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()), 8

@@ -38,15 +38,18 @@ def _float_op(op: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return wrapper
 
 
+def _draw_on(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Random numbers are drawn where the generator lives (a CPU one may serve GPU images), then moved."""
+    return generator.device if generator is not None else device
+
+
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    # Drawn where the generator lives (it may be a CPU generator for GPU images), then moved.
-    where = generator.device if generator is not None else device
-    return (torch.rand(n, generator=generator, device=where) * (high - low) + low).to(device)
+    draws = torch.rand(n, generator=generator, device=_draw_on(generator, device))
+    return (draws * (high - low) + low).to(device)
 
 
 def _randint(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    where = generator.device if generator is not None else device
-    return torch.randint(high, (n,), generator=generator, device=where).to(device)
+    return torch.randint(high, (n,), generator=generator, device=_draw_on(generator, device)).to(device)
 
 
 # --- the 8 symmetries of the square ----------------------------------------------------------------
@@ -136,8 +139,8 @@ def kaggle_augment(x: Tensor, generator: torch.Generator | None = None, *, rotat
     theta = torch.stack([cos * mirror, -sin, offset[0], sin * mirror, cos, offset[1]], dim=1).view(n, 2, 3)
     out = _warp(x, theta)
     if colour > 0:
-        where = generator.device if generator is not None else device
-        gains = torch.exp(colour * torch.randn(n, channels, generator=generator, device=where)).to(device)
+        noise = torch.randn(n, channels, generator=generator, device=_draw_on(generator, device)).to(device)
+        gains = torch.exp(colour * noise)
         out = (out * gains[..., None, None].to(out.dtype)).clamp_(0, 1)
     return out
 

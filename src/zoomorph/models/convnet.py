@@ -36,8 +36,12 @@ STAGES = [(24, 1, 1, 2, True), (48, 2, 2, 4, True), (96, 3, 2, 4, False), (160, 
 STEM, FEATURES = 24, 512
 
 
-@register_model("convnet", default_image_size=64, recipe=MODERN_RECIPE, head_dropout=0.3,
-                description="EfficientNetV2-style inverted residuals (fused, then depthwise), SiLU, global average pool")
+# Measured on the real q1 set (docs/models.md): zoom 0.5-1.5 augmentation keeps accuracy at other
+# angular scales, and 15 epochs reach 98% in about 4 minutes of a quiet 2-core CPU.
+@register_model("convnet", default_image_size=64, recipe={**MODERN_RECIPE, "augment": "scale", "epochs": 15},
+                head_dropout=0.3,
+                description="EfficientNetV2-style inverted residuals (fused, then depthwise), SiLU, "
+                            "global average pool")
 def convnet(image_size: int) -> tuple[nn.Module, int]:
     blocks, channels = [conv_bn(3, STEM, 3, stride=2, act=nn.SiLU)], STEM
     for out_channels, depth, stride, expand, fused in STAGES:

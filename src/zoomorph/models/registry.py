@@ -23,7 +23,9 @@ class ModelSpec:
     name: str
     description: str
     default_image_size: int
-    recipe: dict  # training defaults: optimizer, lr, betas, eps, weight_decay, scheduler, label_smoothing, batch_size, augment
+    # training defaults: optimizer, lr, betas, eps, weight_decay, scheduler, label_smoothing, batch_size,
+    # augment (and optionally epochs, patience, val_loss_stop)
+    recipe: dict
     build: Builder = field(repr=False, compare=False)
     head_dropout: float = 0.0  # dropout right before the head's linear layer
 

@@ -1,11 +1,12 @@
 """Rotation-invariant network in the spirit of Dieleman, Willett & Dambre (2015), the Kaggle winner.
 
-The image is rotated by 0, 90, 180 and 270 degrees and the top-left part of each rotation is cut out: these are the four overlapping
-corner parts of the image, each turned so that the galaxy's centre sits in the
-same corner. One conv stack sees all parts in ONE batched pass; the features
-are then mean- and max-pooled over the parts. Rotating the input by 90 degrees
-only permutes the parts, so the output is invariant to it exactly. (Flips
-would double the cost; the augmentation supplies them instead.)
+The image is rotated by 0, 90, 180 and 270 degrees and the top-left part of
+each rotation is cut out: these are the four overlapping corner parts of the
+image, each turned so that the galaxy's centre sits in the same corner. One
+conv stack sees all parts in ONE batched pass; the features are then mean- and
+max-pooled over the parts. Rotating the input by 90 degrees only permutes the
+parts, so the output is invariant to it exactly. (Flips would double the cost;
+the augmentation supplies them instead.)
 """
 
 from __future__ import annotations

@@ -13,9 +13,11 @@ from torch import nn
 
 from zoomorph.models.registry import register_model
 
-# The seed project trained with Keras' Adam defaults and `fit`'s default batch.
+# The seed project's recipe: Keras' Adam defaults, batch 64, its rotate/flip augmentation, and its
+# callbacks: stop once validation loss < 0.25, early stopping (patience 5), best checkpoint by val accuracy.
 KERAS_RECIPE = dict(optimizer="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-7, weight_decay=0.0,
-                    scheduler=None, label_smoothing=0.0, batch_size=32, augment="seed")
+                    scheduler=None, label_smoothing=0.0, batch_size=64, augment="seed",
+                    val_loss_stop=0.25, patience=5, epochs=30)
 
 
 def _valid_conv_pool_side(image_size: int, blocks: int) -> int:
