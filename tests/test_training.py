@@ -66,6 +66,8 @@ def test_tiny_training_run_learns(prepared, tmp_path):
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history["epoch"].tolist() == list(range(8))
     assert {"train_loss", "val_loss", "val_acc", "val_bal_acc", "lr", "images_per_s"} <= set(history.columns)
+    as_json = pd.read_json(tmp_path / "run" / "history.json")
+    assert as_json["epoch"].tolist() == history["epoch"].tolist()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["zoom"]) == {"0.5", "0.75", "1", "1.5"}
     assert summary["zoom"]["1"]["accuracy"] == pytest.approx(trained, abs=1e-6)

@@ -36,7 +36,7 @@ def train(data: Path, model: str | None = None, **kwargs):
     return run_train(data, model=model or DEFAULT_MODEL, **kwargs)
 
 
-def demo(out: Path = Path("demo"), n: int = 1500, epochs: int | None = None, model: str | None = None,
+def demo(out: Path = Path("demo"), n: int = 1500, epochs: int | None = 15, model: str | None = None,
          seed: int = 0, progress: bool = True) -> dict:
     """Synthetic galaxies -> prepare -> train the default model -> validation accuracy.
 

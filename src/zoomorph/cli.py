@@ -165,7 +165,7 @@ def models() -> None:
 @app.command()
 def demo(out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for the demo's data and run"),
          n: int = typer.Option(1500, "--n", help="synthetic galaxies to generate"),
-         epochs: Optional[int] = typer.Option(None, help="epochs (default: the model's recipe)")) -> None:
+         epochs: int = typer.Option(15, help="training epochs (kept short: the demo runs in ~2 minutes)")) -> None:
     """The whole pipeline on synthetic galaxies: generate, prepare, train, report accuracy."""
     from zoomorph.api import demo as run_demo
 

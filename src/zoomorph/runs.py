@@ -3,6 +3,7 @@
     RUN/config.json     RunConfig below (model, head, classes, preprocessing, data, split)
     RUN/model.pt        state_dict of the best model (plain torch, no Lightning needed)
     RUN/history.csv     one row per epoch: epoch, train_loss, val_loss, train_acc, val_acc, lr, images_per_s, ...
+    RUN/history.json    the same, as JSON records
     RUN/summary.json    the run's outcome (best epoch, val metrics, train time, class balance)
     RUN/checkpoints/    Lightning checkpoints (best.ckpt, last.ckpt) for resuming
     RUN/metrics.json    written by `zoomorph evaluate`

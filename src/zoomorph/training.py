@@ -122,7 +122,7 @@ class StopBelowValLoss(Callback):
 
 
 class History(Callback):
-    """Per-epoch metrics, learning rate and throughput -> RUN/history.csv (kept across resumes)."""
+    """Per-epoch metrics, learning rate and throughput -> RUN/history.csv and .json (kept across resumes)."""
 
     def __init__(self, run_dir: Path, n_train: int):
         self.path, self.n_train = Path(run_dir) / "history.csv", n_train
@@ -149,7 +149,9 @@ class History(Callback):
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_seconds": seconds,
                "images_per_s": self.n_train / max(seconds, 1e-9)}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
-        pd.DataFrame(self.rows).to_csv(self.path, index=False)
+        table = pd.DataFrame(self.rows)
+        table.to_csv(self.path, index=False)
+        table.to_json(self.path.with_suffix(".json"), orient="records", indent=1)
 
 
 @dataclass
