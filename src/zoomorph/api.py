@@ -15,7 +15,8 @@ from zoomorph.data.catalog import Report, read_labels
 from zoomorph.data.prepare import PrepareSummary, prepare
 from zoomorph.labels import Labels, assign, get_preset
 
-__all__ = ["label_solutions", "prepare", "PrepareSummary"]
+__all__ = ["PrepareSummary", "compare", "demo", "evaluate", "export", "label_solutions", "predict", "prepare",
+           "report", "train"]
 
 
 def label_solutions(solutions: Path, preset: str = "hubble", *, conflicts: str = "exclude",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoomorph.data.images import IMAGE_SUFFIXES, galaxy_id_from_name, list_images
+from zoomorph.data.images import galaxy_id_from_name, list_images
 from zoomorph.labels import Labels, Preset, assign
 from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN, validate
 
@@ -208,5 +208,4 @@ def build_catalog(images: Path, labels: Path | None, preset: Preset | None) -> C
     return Catalog(table.reset_index(drop=True), list(classes), report, counts)
 
 
-__all__ = ["Catalog", "LabelFileError", "Report", "build_catalog", "find_images", "read_labels",
-           "IMAGE_SUFFIXES"]
+__all__ = ["Catalog", "LabelFileError", "Report", "build_catalog", "find_images", "read_labels"]
