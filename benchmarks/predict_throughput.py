@@ -1,15 +1,18 @@
 """How fast predict() classifies JPEG files, and whether its memory stays flat.
 
-    PYTHONPATH=src python benchmarks/predict_throughput.py [--model convnet] [--inputs 20000] [--large 100000]
+    PYTHONPATH=src python benchmarks/predict_throughput.py [--model convnet] [--run RUN]
+                                                           [--inputs 20000] [--large 100000]
 
 Uses the 1,197 real Kaggle test images (../shared/data/gz-kaggle-test), listed
 over and over to reach --inputs sources, and an untrained model (the weights do
-not change the speed). Prints:
-  * end to end: JPEG files -> Parquet, images/s, for --inputs and --large sources;
+not change the speed; --run measures a trained run folder instead, on a copy).
+Prints:
+  * end to end: JPEG files -> Parquet, images/s, --inputs sources, with each
+    backend (torch, onnx, onnx-int8);
   * the same against a naive loop (PIL full decode, crop, resize, one image per model call);
-  * inference only: torch vs onnxruntime on one decoded batch;
+  * inference only: torch vs onnxruntime (float32 and int8) on one decoded batch;
   * peak RSS of the whole process tree (the run and its decoding workers) for
-    --inputs vs --large sources: flat when prediction streams.
+    --inputs vs --large sources (onnx-int8, the fastest): flat when prediction streams.
 Each end-to-end run is a fresh process, so that the peaks do not mix.
 """
 
@@ -19,6 +22,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +37,7 @@ from zoomorph.data.images import KAGGLE_SIZE, fov_crop, list_images, load
 from zoomorph.inference import outputs_to_probs, to_input
 from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict
-from zoomorph.predict.engine import PixelModel, cpu_split, decoded_batches
+from zoomorph.predict.engine import BACKENDS, PixelModel, cpu_split, decoded_batches
 from zoomorph.predict.onnx import onnx_forward
 from zoomorph.runs import RunConfig, build_model, load_run, save_weights
 
@@ -46,6 +50,14 @@ def make_run(root: Path, model: str) -> Path:
                     image_size=model_spec(model).default_image_size, fov=FOV)
     cfg.save(root / "run")
     save_weights(root / "run", build_model(cfg))
+    return root / "run"
+
+
+def copy_run(run: Path, root: Path) -> Path:
+    """The run's config and weights (not its exports): every graph below is made and timed afresh."""
+    (root / "run").mkdir()
+    for name in ("config.json", "model.pt"):
+        shutil.copy(run / name, root / "run" / name)
     return root / "run"
 
 
@@ -129,12 +141,12 @@ def decode_only(run: Path, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def inference_only(run: Path, batch: int = 256, repeats: int = 8) -> tuple[float, float]:
-    """images/s of torch and of onnxruntime on the same decoded uint8 batch (no decoding)."""
+def inference_only(run: Path, threads: int, batch: int = 256, repeats: int = 8) -> dict[str, float]:
+    """images/s of each backend on the same decoded uint8 batch (no decoding), with `threads` threads."""
     model, cfg = load_run(run)
     pixels = torch.from_numpy(np.stack([load(s, cfg.image_size, cfg.fov).pixels for s in sources(batch)]))
-    torch_model = PixelModel(model, cfg.head).to(memory_format=torch.channels_last)
-    ort_forward = onnx_forward(run, torch.get_num_threads())
+    forwards = {"torch": PixelModel(model, cfg.head).to(memory_format=torch.channels_last),
+                "onnx": onnx_forward(run, threads), "onnx-int8": onnx_forward(run, threads, int8=True)}
 
     def rate(forward) -> float:
         forward(pixels)  # warm up
@@ -143,13 +155,19 @@ def inference_only(run: Path, batch: int = 256, repeats: int = 8) -> tuple[float
             forward(pixels)
         return batch * repeats / (time.perf_counter() - started)
 
-    with torch.inference_mode():
-        return rate(torch_model), rate(ort_forward)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return {name: rate(forward) for name, forward in forwards.items()}
+    finally:
+        torch.set_num_threads(previous)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="convnet")
+    parser.add_argument("--run", type=Path, default=None, help="a trained run folder (default: untrained --model)")
     parser.add_argument("--inputs", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=100_000, help="inputs for the memory comparison")
     parser.add_argument("--naive", type=int, default=300, help="images for the naive loop")
@@ -159,31 +177,36 @@ def main() -> None:
         raise SystemExit(f"{IMAGES} not found: the benchmark needs the real Kaggle test images")
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_run(Path(tmp), args.model)
-        export_onnx(run)  # once, as `zoomorph export` would: the onnx run below then measures prediction only
+        run = copy_run(args.run, Path(tmp)) if args.run else make_run(Path(tmp), args.model)
         cfg = RunConfig.load(run)
+        # Exported once, as `zoomorph export` would: the runs below then measure prediction only. An untrained
+        # run has no training images to calibrate int8 on: the test images stand in.
+        export_onnx(run)
+        export_onnx(run, int8=True, calibration=None if args.run else sources(1024))
         workers, threads = cpu_split(args.workers, torch.cuda.is_available())
-        print(f"model {args.model} at {cfg.image_size} px, fov {cfg.fov}/{KAGGLE_SIZE}; {os.cpu_count()} cores: "
+        print(f"model {cfg.model} at {cfg.image_size} px, fov {cfg.fov}/{KAGGLE_SIZE}; {os.cpu_count()} cores: "
               f"{workers} decoding processes, {threads} inference threads; "
               f"{len(list_images(IMAGES))} distinct JPEGs", flush=True)
         runs = {(backend, n): end_to_end(run, n, Path(tmp) / f"{backend}-{n}.parquet", backend, args.workers)
-                for backend, n in (("torch", args.inputs), ("torch", args.large), ("onnx", args.inputs))}
+                for backend, n in (("torch", args.inputs), ("onnx", args.inputs), ("onnx-int8", args.inputs),
+                                   ("onnx-int8", args.large))}
         loop = naive(run, sources(args.naive))
         decoding = decode_only(run, args.inputs)
-        torch_rate, ort_rate = inference_only(run)
+        inference = inference_only(run, threads)
 
     for (backend, n), r in runs.items():
-        print(f"end to end, {backend:5} backend, {n:>7,} inputs: {r['images_per_s']:5.0f} img/s  "
+        print(f"end to end, {backend:9} backend, {n:>7,} inputs: {r['images_per_s']:5.0f} img/s  "
               f"({r['seconds']:.0f} s wall, peak RSS of the process tree {r['peak_rss_mb']:.0f} MB, "
               f"{r['errors']} errors)")
-    small, large = runs["torch", args.inputs], runs["torch", args.large]
     print(f"decoding only, all cores: {decoding:.0f} img/s")
-    print(f"naive loop ({args.naive} images): {loop:.0f} img/s -> predict is {small['images_per_s'] / loop:.1f}x "
-          f"faster (torch), {runs['onnx', args.inputs]['images_per_s'] / loop:.1f}x (onnx)")
-    print(f"inference only: torch {torch_rate:.0f} img/s, onnxruntime {ort_rate:.0f} img/s "
-          f"-> onnxruntime {ort_rate / torch_rate:.2f}x torch")
-    print(f"memory: {large['peak_rss_mb']:.0f} MB for {args.large:,} inputs vs {small['peak_rss_mb']:.0f} MB "
-          f"for {args.inputs:,} ({large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x)")
+    print(f"naive loop ({args.naive} images): {loop:.0f} img/s -> predict is "
+          + ", ".join(f"{runs[b, args.inputs]['images_per_s'] / loop:.1f}x ({b})" for b in BACKENDS) + " faster")
+    print(f"inference only, {threads} thread(s): " + ", ".join(f"{b} {r:.0f} img/s" for b, r in inference.items())
+          + f" -> onnxruntime {inference['onnx'] / inference['torch']:.2f}x torch, "
+            f"int8 {inference['onnx-int8'] / inference['torch']:.2f}x torch")
+    small, large = runs["onnx-int8", args.inputs], runs["onnx-int8", args.large]
+    print(f"memory (onnx-int8): {large['peak_rss_mb']:.0f} MB for {args.large:,} inputs vs "
+          f"{small['peak_rss_mb']:.0f} MB for {args.inputs:,} ({large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from zoomorph.predict.writers import FORMATS, PartWriter
 from zoomorph.runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, load_run
 from zoomorph.schema import ANSWER_COLUMNS
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 ENGINES = ("local", "ray")
 Q1 = slice(0, 3)  # Class1.1-1.3: the question everyone answers, a distribution that sums to 1
 
@@ -107,10 +107,11 @@ class Predictor:
         self.cfg = RunConfig.load(run_dir)
         self.tta, self.mc_samples, self.preset = tta, mc_samples, preset
         self.columns = list(output_columns(self.cfg, preset, mc_samples))
-        if backend == "onnx":
+        if backend != "torch":
             from zoomorph.predict.onnx import onnx_forward
 
-            self.forward = onnx_forward(run_dir, torch.get_num_threads())  # as many as torch would use
+            # as many threads as torch would use
+            self.forward = onnx_forward(run_dir, torch.get_num_threads(), int8=backend == "onnx-int8")
         else:
             model, _ = load_run(run_dir, self.device)
             self.forward = self._torch_forward(PixelModel(model, self.cfg.head))
@@ -247,8 +248,8 @@ def _check(cfg: RunConfig, fmt: str, backend: str, engine: str, mc_samples: int,
                          "(a classes run already predicts its classes)")
     if mc_samples == 1 or mc_samples < 0:
         raise ValueError(f"mc_samples={mc_samples}: MC dropout needs 2 samples or more (0 turns it off)")
-    if mc_samples and backend == "onnx":
-        raise ValueError("MC dropout needs backend='torch' (the ONNX graph is exported in eval mode)")
+    if mc_samples and backend != "torch":
+        raise ValueError("MC dropout needs backend='torch' (the ONNX graphs are exported in eval mode)")
 
 
 def _fingerprint(run_dir: Path, listing: pd.DataFrame, settings: dict) -> str:
@@ -280,8 +281,14 @@ def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str =
         raise ValueError("format 'kaggle' needs numeric GalaxyIDs, but some file names are not numbers "
                          f"(e.g. {listing['id'][~listing['id'].str.fullmatch(r'[0-9]+')].iloc[0]!r})")
     options = dict(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
+    settings = options | {"chunk_size": chunk_size}
+    if backend != "torch":  # export once, here, before any worker or actor starts; and fail early
+        from zoomorph.predict.onnx import exported
+
+        graph = exported(run_dir, int8=backend == "onnx-int8")
+        settings["graph_sha256"] = hashlib.sha256(graph.read_bytes()).hexdigest()  # e.g. a re-calibration
     writer = PartWriter(out, listing, pa.schema(list(columns.items())), chunk_size,
-                        _fingerprint(run_dir, listing, options | {"chunk_size": chunk_size}))
+                        _fingerprint(run_dir, listing, settings))
     spans = [writer.chunk_rows(k) for k in writer.pending()]
     todo = sum(stop - start for start, stop in spans)
     if spans:

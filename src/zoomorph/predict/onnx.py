@@ -1,4 +1,4 @@
-"""ONNX export of a run, and the onnxruntime backend of predict().
+"""ONNX export of a run, and the onnxruntime backends of predict() ("onnx", and "onnx-int8").
 
 The graph takes what the decoders produce and returns what predict() writes:
 
@@ -10,23 +10,28 @@ The graph takes what the decoders produce and returns what predict() writes:
 uint8 in, so that a client sends 4x fewer bytes and cannot get the scaling
 wrong: the /255 and the NHWC -> NCHW transpose are in the graph. The JSON
 sidecar (`model.onnx.json`) records the preprocessing and the column names.
+`int8=True` writes the same graph quantised (zoomorph.predict.quantize) to
+`model.int8.onnx`, and its sidecar says how far it is from the float32 one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from zoomorph.predict.engine import PixelModel, weights_digest
-from zoomorph.runs import load_run
+from zoomorph.runs import RunConfig, load_run
 
-ONNX_FILE = "model.onnx"
+ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 INPUT, OUTPUT = "pixels", "outputs"
 
 
@@ -34,20 +39,54 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
-    """Write the run's model as ONNX (dynamic batch) plus its JSON sidecar; returns the .onnx path."""
-    run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / ONNX_FILE
-    model, cfg = load_run(run_dir)
+def _trace(model: nn.Module, cfg: RunConfig, out: Path) -> None:
     pixels = torch.zeros(2, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
+    exporter_log = logging.getLogger("torch.onnx")  # it warns that torchvision's ops are not registered
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # the exporter's own deprecation chatter
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(PixelModel(model, cfg.head).eval(), (pixels,), out, input_names=[INPUT],
+                              output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              dynamo=True, external_data=False, verbose=False)
+    finally:
+        exporter_log.setLevel(level)
+
+
+def _int8(model: nn.Module, cfg: RunConfig, out: Path, calibration: list[str | Path] | None) -> dict:
+    """Trace, quantise into `out`, and measure the quantised graph against the float32 one."""
+    from zoomorph.predict import quantize
+
+    pixels, source = quantize.calibration_pixels(cfg, calibration)  # first: a missing source fails fast
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / ONNX_FILE
+        _trace(model, cfg, fp32)
+        quantize.quantize_int8(fp32, out, pixels, INPUT)
+        check_pixels, labels, checked_on = quantize.check_pixels(cfg) or (pixels, None, "the calibration images")
+        check = quantize.compare_outputs(fp32, out, check_pixels, labels)
+    return {"weights": "int8, per output channel", "activations": "uint8, static ranges (99.999th percentile)",
+            "calibration": source, "check": {"on": checked_on, **check}}
+
+
+def export_onnx(run_dir: Path, out: Path | None = None, *, int8: bool = False,
+                calibration: list[str | Path] | None = None) -> Path:
+    """Write the run's model as ONNX (dynamic batch) plus its JSON sidecar; returns the .onnx path.
+
+    `int8`: statically quantised, calibrated on `calibration` (any predict inputs) or, when not
+    given, on the run's own training images; written to RUN/model.int8.onnx by default.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / (INT8_FILE if int8 else ONNX_FILE)
+    model, cfg = load_run(run_dir)
     tmp = out.with_name(out.name + ".tmp")  # written whole or not at all, as the weights check trusts it
-    with warnings.catch_warnings():  # the exporter's own deprecation chatter
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(PixelModel(model, cfg.head).eval(), (pixels,), tmp, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          dynamo=True, external_data=False, verbose=False)
+    if int8:
+        extra = {"quantization": _int8(model, cfg, tmp, calibration)}
+    else:
+        _trace(model, cfg, tmp)
+        extra = {}
     os.replace(tmp, out)
-    sidecar(out).write_text(json.dumps({
+    meta = {
         "model": cfg.model, "head": cfg.head, "classes": cfg.classes, "preset": cfg.preset,
         "image_size": cfg.image_size, "fov": cfg.fov,
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", cfg.image_size, cfg.image_size, 3],
@@ -56,26 +95,29 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
         "output": {"name": OUTPUT, "dtype": "float32",
                    "meaning": "class probabilities" if cfg.head == "classes" else "cumulative vote fractions"},
         "weights_sha256": weights_digest(run_dir),
-    }, indent=2))
+    }
+    sidecar(out).write_text(json.dumps(meta | extra, indent=2))
     return out
 
 
-def onnx_forward(run_dir: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The backend: uint8 NHWC batch -> outputs, by onnxruntime on RUN/model.onnx with `threads` intra-op threads.
-
-    (Re-)exports it first when it is missing or was made from other weights.
-    """
-    import onnxruntime as ort
-
-    path = Path(run_dir) / ONNX_FILE
+def exported(run_dir: Path, int8: bool = False) -> Path:
+    """RUN/model.onnx (or model.int8.onnx), (re-)exported first when missing or made from other weights."""
+    path = Path(run_dir) / (INT8_FILE if int8 else ONNX_FILE)
     meta = sidecar(path)
     if not (path.exists() and meta.exists()
             and json.loads(meta.read_text()).get("weights_sha256") == weights_digest(run_dir)):
-        export_onnx(run_dir, path)
+        export_onnx(run_dir, path, int8=int8)
+    return path
+
+
+def onnx_forward(run_dir: Path, threads: int, int8: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The backend: uint8 NHWC batch -> outputs, by onnxruntime with `threads` intra-op threads."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    session = ort.InferenceSession(str(exported(run_dir, int8)), options, providers=providers)
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([OUTPUT], {INPUT: np.ascontiguousarray(pixels.numpy())})[0])

@@ -1,0 +1,101 @@
+"""int8 export and the onnx-int8 backend: a quantised graph, calibrated and checked against float32."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from predict_toys import make_run as make_toy_run
+from predict_toys import toy_model, write_images
+from tiny_runs import make_run, prepared_folder
+from typer.testing import CliRunner
+
+from zoomorph import runs
+from zoomorph.cli import app
+from zoomorph.predict import export_onnx, predict
+from zoomorph.schema import ANSWER_COLUMNS, validate
+
+pytestmark = pytest.mark.slow  # each export traces the model with torch.export and calibrates (~5-10 s)
+
+
+def quantised_ops(path) -> dict[str, int]:
+    graph = onnx.load(str(path)).graph
+    int8_weights = sum(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+    return {"QuantizeLinear": sum(n.op_type == "QuantizeLinear" for n in graph.node), "int8 weights": int8_weights}
+
+
+def test_int8_export_calibrates_on_training_images_and_checks_on_validation(tmp_path):
+    data = prepared_folder(tmp_path, n=40)
+    run = make_run(tmp_path / "run", data)
+    path = export_onnx(run, int8=True)
+
+    assert path == run / "model.int8.onnx"
+    ops = quantised_ops(path)
+    assert ops["QuantizeLinear"] > 0 and ops["int8 weights"] >= 2  # both convolutions hold int8 weights
+    meta = json.loads((run / "model.int8.onnx.json").read_text())
+    quantization = meta["quantization"]
+    n_train, n_val = len(data.indices("train", labelled=False)), len(data.indices("val", labelled=False))
+    assert quantization["calibration"] == f"{n_train} training images of {data.root}"
+    check = quantization["check"]
+    assert check["on"] == f"{n_val} validation images" and check["images"] == n_val
+    assert check["same_top_output"] >= 0.8 and check["mean_abs_difference"] < 0.05
+    labelled = data.indices("val", labelled=True)
+    assert check["labelled_images"] == len(labelled) > 0
+    assert 0 <= check["accuracy_int8"] <= 1 and 0 <= check["accuracy_fp32"] <= 1
+
+    # and predict serves it: close to the float32 graph, error rows kept
+    images = write_images(tmp_path / "images", range(20), side=424)
+    (tmp_path / "images" / "99.jpg").write_bytes(b"")
+    exact, quantised = (pd.read_parquet(predict(run, [tmp_path / "images"], tmp_path / f"{b}.parquet", backend=b,
+                                                workers=0, progress=False).out) for b in ("onnx", "onnx-int8"))
+    assert len(quantised) == len(images) + 1 and quantised["error"].tolist() == exact["error"].tolist()
+    values = [c for c in exact.columns if c.startswith("p_")]
+    ok = exact["error"] == ""
+    gap = np.abs(quantised.loc[ok, values].to_numpy() - exact.loc[ok, values].to_numpy())
+    assert gap.mean() < 0.05 and not np.array_equal(quantised.loc[ok, values], exact.loc[ok, values])
+
+
+@pytest.fixture
+def toys(monkeypatch):
+    monkeypatch.setattr(runs, "build_model", toy_model)
+
+
+def test_int8_without_training_images_needs_calibration_and_is_redone_for_new_weights(tmp_path, toys):
+    run = make_toy_run(tmp_path, "toy-spatial")  # a run folder with no prepared data behind it
+    images = write_images(tmp_path / "images", range(40))
+    with pytest.raises(ValueError, match="--calibration"):
+        predict(run, images, tmp_path / "a.parquet", backend="onnx-int8", progress=False)
+    assert not (tmp_path / "a.parquet.parts").exists()  # refused before anything started
+
+    result = CliRunner().invoke(app, ["export", str(run), "--int8", "--calibration", str(tmp_path / "images")])
+    assert result.exit_code == 0, result.output
+    assert "same top output" in result.output
+    meta = json.loads((run / "model.int8.onnx.json").read_text())["quantization"]
+    assert meta["calibration"] == f"40 images sampled from {tmp_path / 'images'}"
+    assert meta["check"]["on"] == "the calibration images" and "accuracy_int8" not in meta["check"]
+    first = pd.read_parquet(predict(run, images, tmp_path / "b.parquet", backend="onnx-int8", progress=False).out)
+    assert first["error"].eq("").all() and np.allclose(first.filter(like="p_").sum(axis=1), 1, atol=1e-5)  # the head stays float
+
+    make_toy_run(tmp_path, "toy-spatial", seed=1)  # new weights: the int8 graph is stale, and nothing to calibrate
+    with pytest.raises(ValueError, match="calibration"):
+        predict(run, images, tmp_path / "c.parquet", backend="onnx-int8", progress=False)
+
+
+def test_unreadable_calibration_images_are_named(tmp_path, toys):
+    run = make_toy_run(tmp_path, "toy-spatial")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "1.jpg").write_text("not a jpeg")
+    with pytest.raises(ValueError, match="1.jpg"):
+        export_onnx(run, int8=True, calibration=[tmp_path / "bad"])
+
+
+def test_int8_votes_outputs_still_obey_the_tree(tmp_path, toys):
+    run = make_toy_run(tmp_path, "toy-pooled", head="votes")
+    images = write_images(tmp_path / "images", range(30))
+    export_onnx(run, int8=True, calibration=images)
+    out = pd.read_parquet(predict(run, images, tmp_path / "v.parquet", backend="onnx-int8", progress=False).out)
+    fractions = out[list(ANSWER_COLUMNS)]
+    assert validate(fractions, tolerance=1e-5) == []  # the vote products ran in float32
