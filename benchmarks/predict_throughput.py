@@ -39,7 +39,7 @@ from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict
 from zoomorph.predict.engine import BACKENDS, PixelModel, cpu_split, decoded_batches
 from zoomorph.predict.onnx import onnx_forward
-from zoomorph.runs import RunConfig, build_model, load_run, save_weights
+from zoomorph.runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, build_model, load_run, save_weights
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-test"
 FOV = 207
@@ -56,7 +56,7 @@ def make_run(root: Path, model: str) -> Path:
 def copy_run(run: Path, root: Path) -> Path:
     """The run's config and weights (not its exports): every graph below is made and timed afresh."""
     (root / "run").mkdir()
-    for name in ("config.json", "model.pt"):
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
         shutil.copy(run / name, root / "run" / name)
     return root / "run"
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from zoomorph import runs
 from zoomorph.cli import app
-from zoomorph.predict import export_onnx, predict
+from zoomorph.predict import export_onnx, predict, writers
 from zoomorph.schema import ANSWER_COLUMNS, validate
 
 pytestmark = pytest.mark.slow  # each export traces the model with torch.export and calibrates (~5-10 s)
@@ -84,12 +84,42 @@ def test_int8_without_training_images_needs_calibration_and_is_redone_for_new_we
         predict(run, images, tmp_path / "c.parquet", backend="onnx-int8", progress=False)
 
 
-def test_unreadable_calibration_images_are_named(tmp_path, toys):
+def test_calibration_images_are_accounted_for_in_uneven_batches(tmp_path, toys):
     run = make_toy_run(tmp_path, "toy-spatial")
+    write_images(tmp_path / "cal", range(100))  # more than one calibration batch, the last one short
+    (tmp_path / "cal" / "bad.jpg").write_text("not a jpeg")
+    export_onnx(run, int8=True, calibration=[tmp_path / "cal"])
+    calibration = json.loads((run / "model.int8.onnx.json").read_text())["quantization"]["calibration"]
+    assert calibration.startswith(f"100 images sampled from {tmp_path / 'cal'} (1 unreadable skipped, e.g. ")
+    assert "bad.jpg" in calibration
+
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "1.jpg").write_text("not a jpeg")
     with pytest.raises(ValueError, match="1.jpg"):
         export_onnx(run, int8=True, calibration=[tmp_path / "bad"])
+    with pytest.raises(ValueError, match="int8"):
+        export_onnx(run, calibration=[tmp_path / "cal"])  # calibration images without int8: a mistake
+
+
+def test_a_recalibrated_graph_does_not_resume_an_earlier_prediction(tmp_path, toys, monkeypatch):
+    run = make_toy_run(tmp_path, "toy-spatial")
+    images = write_images(tmp_path / "images", range(24))
+    export_onnx(run, int8=True, calibration=images[:12])
+    out = tmp_path / "out.parquet"
+    real_write = writers.PartWriter._write
+
+    def die_after_one_part(self, chunk):
+        real_write(self, chunk)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writers.PartWriter, "_write", die_after_one_part)
+    with pytest.raises(KeyboardInterrupt):
+        predict(run, images, out, backend="onnx-int8", chunk_size=8, workers=0, progress=False)
+    monkeypatch.setattr(writers.PartWriter, "_write", real_write)
+
+    export_onnx(run, int8=True, calibration=images[12:])  # other ranges: other probabilities
+    with pytest.raises(ValueError, match="different prediction"):
+        predict(run, images, out, backend="onnx-int8", chunk_size=8, workers=0, progress=False)
 
 
 def test_int8_votes_outputs_still_obey_the_tree(tmp_path, toys):

@@ -276,6 +276,8 @@ def export(run: Path = typer.Argument(..., help="run folder"),
     import json
 
     from zoomorph.api import export as run_export
+    from zoomorph.predict.onnx import sidecar
+    from zoomorph.predict.quantize import describe
 
     if format != "onnx":
         _fail(ValueError(f"format {format!r}: only onnx is supported"))
@@ -285,13 +287,7 @@ def export(run: Path = typer.Argument(..., help="run folder"),
         _fail(err)
     console.print(f"exported {path}")
     if int8:
-        quantization = json.loads(path.with_name(path.name + ".json").read_text())["quantization"]
-        check = quantization["check"]
-        console.print(f"calibrated on {quantization['calibration']}; against float32 on {check['on']}: "
-                      f"same top output for {check['same_top_output']:.1%}, mean |difference| "
-                      f"{check['mean_abs_difference']:.4f}, max {check['max_abs_difference']:.4f}"
-                      + (f"; accuracy {check['accuracy_fp32']:.4f} -> {check['accuracy_int8']:.4f}"
-                         if "accuracy_int8" in check else ""))
+        console.print(describe(json.loads(sidecar(path).read_text())["quantization"]))
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoomorph.predict.engine import PixelModel, weights_digest
+from zoomorph.predict.engine import Q1, PixelModel, weights_digest
 from zoomorph.runs import RunConfig, load_run
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -54,7 +54,7 @@ def _trace(model: nn.Module, cfg: RunConfig, out: Path) -> None:
         exporter_log.setLevel(level)
 
 
-def _int8(model: nn.Module, cfg: RunConfig, out: Path, calibration: list[str | Path] | None) -> dict:
+def _quantized_export(model: nn.Module, cfg: RunConfig, out: Path, calibration: list[str | Path] | None) -> dict:
     """Trace, quantise into `out`, and measure the quantised graph against the float32 one."""
     from zoomorph.predict import quantize
 
@@ -63,10 +63,12 @@ def _int8(model: nn.Module, cfg: RunConfig, out: Path, calibration: list[str | P
         fp32 = Path(tmp) / ONNX_FILE
         _trace(model, cfg, fp32)
         quantize.quantize_int8(fp32, out, pixels, INPUT)
-        check_pixels, labels, checked_on = quantize.check_pixels(cfg) or (pixels, None, "the calibration images")
-        check = quantize.compare_outputs(fp32, out, check_pixels, labels)
-    return {"weights": "int8, per output channel", "activations": "uint8, static ranges (99.999th percentile)",
-            "calibration": source, "check": {"on": checked_on, **check}}
+        check_on, labels, checked = quantize.check_pixels(cfg) or (pixels, None, "the calibration images")
+        top = Q1 if cfg.head == "votes" else slice(None)  # votes: the class of the first question
+        check = quantize.compare_outputs(fp32, out, check_on, labels, top)
+    return {"weights": "int8, per output channel",
+            "activations": f"uint8, static ranges (+-{quantize.PERCENTILE}th percentile of |values|)",
+            "calibration": source, "check": {"on": checked, **check}}
 
 
 def export_onnx(run_dir: Path, out: Path | None = None, *, int8: bool = False,
@@ -76,12 +78,14 @@ def export_onnx(run_dir: Path, out: Path | None = None, *, int8: bool = False,
     `int8`: statically quantised, calibrated on `calibration` (any predict inputs) or, when not
     given, on the run's own training images; written to RUN/model.int8.onnx by default.
     """
+    if calibration and not int8:
+        raise ValueError("calibration images set the int8 activation ranges: give them with int8=True (--int8)")
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / (INT8_FILE if int8 else ONNX_FILE)
     model, cfg = load_run(run_dir)
     tmp = out.with_name(out.name + ".tmp")  # written whole or not at all, as the weights check trusts it
     if int8:
-        extra = {"quantization": _int8(model, cfg, tmp, calibration)}
+        extra = {"quantization": _quantized_export(model, cfg, tmp, calibration)}
     else:
         _trace(model, cfg, tmp)
         extra = {}
@@ -100,24 +104,43 @@ def export_onnx(run_dir: Path, out: Path | None = None, *, int8: bool = False,
     return out
 
 
+def _is_current(path: Path, run_dir: Path, int8: bool) -> bool:
+    """The graph exists and was made from the run's weights (and, for int8, was quantised)."""
+    if not (path.exists() and sidecar(path).exists()):
+        return False
+    meta = json.loads(sidecar(path).read_text())
+    return meta.get("weights_sha256") == weights_digest(run_dir) and (not int8 or "quantization" in meta)
+
+
 def exported(run_dir: Path, int8: bool = False) -> Path:
-    """RUN/model.onnx (or model.int8.onnx), (re-)exported first when missing or made from other weights."""
+    """RUN/model.onnx (or model.int8.onnx), (re-)exported first when missing or made from other weights.
+
+    A stale int8 graph is re-calibrated on the run's training images, not on earlier --calibration images.
+    """
     path = Path(run_dir) / (INT8_FILE if int8 else ONNX_FILE)
-    meta = sidecar(path)
-    if not (path.exists() and meta.exists()
-            and json.loads(meta.read_text()).get("weights_sha256") == weights_digest(run_dir)):
+    if not _is_current(path, run_dir, int8):
         export_onnx(run_dir, path, int8=int8)
     return path
 
 
 def onnx_forward(run_dir: Path, threads: int, int8: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The backend: uint8 NHWC batch -> outputs, by onnxruntime with `threads` intra-op threads."""
+    """The backend: uint8 NHWC batch -> outputs, by onnxruntime with `threads` intra-op threads.
+
+    Opens the graph that `exported` made (predict() calls it once, before any worker or Ray actor
+    starts); refuses one made from other weights rather than have several processes export at once.
+    """
     import onnxruntime as ort
 
+    path = Path(run_dir) / (INT8_FILE if int8 else ONNX_FILE)
+    if not _is_current(path, run_dir, int8):
+        raise ValueError(f"{path} is missing or was made from other weights: export it first "
+                         f"(`zoomorph export {run_dir}{' --int8' if int8 else ''}`)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    session = ort.InferenceSession(str(exported(run_dir, int8)), options, providers=providers)
+    # int8 QDQ graphs are for CPUs: on CUDA they would fall back to float or run slowly
+    wanted = ("CPUExecutionProvider",) if int8 else ("CUDAExecutionProvider", "CPUExecutionProvider")
+    providers = [p for p in wanted if p in ort.get_available_providers()]
+    session = ort.InferenceSession(str(path), options, providers=providers)
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([OUTPUT], {INPUT: np.ascontiguousarray(pixels.numpy())})[0])
