@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=None, help="a trained run folder (default: untrained --model)")
     parser.add_argument("--inputs", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=100_000, help="inputs for the memory comparison")
-    parser.add_argument("--naive", type=int, default=300, help="images for the naive loop")
+    parser.add_argument("--naive", type=int, default=1000, help="images for the naive loop")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: predict's)")
     args = parser.parse_args()
     if not IMAGES.exists():
