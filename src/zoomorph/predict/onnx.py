@@ -39,6 +39,11 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def graph_path(run_dir: Path, int8: bool = False) -> Path:
+    """Where a run's exported graph lives: RUN/model.onnx, or RUN/model.int8.onnx."""
+    return Path(run_dir) / (INT8_FILE if int8 else ONNX_FILE)
+
+
 def _trace(model: nn.Module, cfg: RunConfig, out: Path) -> None:
     pixels = torch.zeros(2, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
     exporter_log = logging.getLogger("torch.onnx")  # it warns that torchvision's ops are not registered
@@ -81,7 +86,7 @@ def export_onnx(run_dir: Path, out: Path | None = None, *, int8: bool = False,
     if calibration and not int8:
         raise ValueError("calibration images set the int8 activation ranges: give them with int8=True (--int8)")
     run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / (INT8_FILE if int8 else ONNX_FILE)
+    out = Path(out) if out else graph_path(run_dir, int8)
     model, cfg = load_run(run_dir)
     tmp = out.with_name(out.name + ".tmp")  # written whole or not at all, as the weights check trusts it
     if int8:
@@ -117,7 +122,7 @@ def exported(run_dir: Path, int8: bool = False) -> Path:
 
     A stale int8 graph is re-calibrated on the run's training images, not on earlier --calibration images.
     """
-    path = Path(run_dir) / (INT8_FILE if int8 else ONNX_FILE)
+    path = graph_path(run_dir, int8)
     if not _is_current(path, run_dir, int8):
         export_onnx(run_dir, path, int8=int8)
     return path
@@ -131,7 +136,7 @@ def onnx_forward(run_dir: Path, threads: int, int8: bool = False) -> Callable[[t
     """
     import onnxruntime as ort
 
-    path = Path(run_dir) / (INT8_FILE if int8 else ONNX_FILE)
+    path = graph_path(run_dir, int8)
     if not _is_current(path, run_dir, int8):
         raise ValueError(f"{path} is missing or was made from other weights: export it first "
                          f"(`zoomorph export {run_dir}{' --int8' if int8 else ''}`)")
