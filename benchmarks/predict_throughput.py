@@ -1,6 +1,6 @@
 """How fast predict() classifies JPEG files, and whether its memory stays flat.
 
-    PYTHONPATH=src python benchmarks/predict_throughput.py [--model convnet] [--run RUN]
+    PYTHONPATH=src python benchmarks/predict_throughput.py [--model convnet] [--size PX] [--run RUN]
                                                            [--inputs 20000] [--large 100000]
 
 Uses the 1,197 real Kaggle test images (../shared/data/gz-kaggle-test), listed
@@ -45,9 +45,9 @@ IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-te
 FOV = 207
 
 
-def make_run(root: Path, model: str) -> Path:
+def make_run(root: Path, model: str, size: int | None = None) -> Path:
     cfg = RunConfig(model=model, head="classes", classes=["elliptical", "spiral", "other"],
-                    image_size=model_spec(model).default_image_size, fov=FOV)
+                    image_size=size or model_spec(model).default_image_size, fov=FOV)
     cfg.save(root / "run")
     save_weights(root / "run", build_model(cfg))
     return root / "run"
@@ -167,6 +167,7 @@ def inference_only(run: Path, threads: int, batch: int = 256, repeats: int = 8) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="convnet")
+    parser.add_argument("--size", type=int, default=None, help="input side of the untrained --model (default: its own)")
     parser.add_argument("--run", type=Path, default=None, help="a trained run folder (default: untrained --model)")
     parser.add_argument("--inputs", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=100_000, help="inputs for the memory comparison")
@@ -177,7 +178,7 @@ def main() -> None:
         raise SystemExit(f"{IMAGES} not found: the benchmark needs the real Kaggle test images")
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = copy_run(args.run, Path(tmp)) if args.run else make_run(Path(tmp), args.model)
+        run = copy_run(args.run, Path(tmp)) if args.run else make_run(Path(tmp), args.model, args.size)
         cfg = RunConfig.load(run)
         # Exported once, as `zoomorph export` would: the runs below then measure prediction only. An untrained
         # run has no training images to calibrate int8 on: the test images stand in.

@@ -129,3 +129,16 @@ def test_int8_votes_outputs_still_obey_the_tree(tmp_path, toys):
     out = pd.read_parquet(predict(run, images, tmp_path / "v.parquet", backend="onnx-int8", progress=False).out)
     fractions = out[list(ANSWER_COLUMNS)]
     assert validate(fractions, tolerance=1e-5) == []  # the vote products ran in float32
+
+
+def test_untrained_convnet_falls_back_to_min_max_ranges(tmp_path):
+    # Its zero-initialised residual branches give tensors with almost no spread of values,
+    # on which onnxruntime's percentile histograms fail: the export must still succeed.
+    cfg = runs.RunConfig(model="convnet", head="classes", classes=["a", "b"], image_size=32, fov=207)
+    cfg.save(tmp_path / "run")
+    runs.save_weights(tmp_path / "run", runs.build_model(cfg))
+    images = write_images(tmp_path / "images", range(16))
+    export_onnx(tmp_path / "run", int8=True, calibration=images)
+    quantization = json.loads((tmp_path / "run" / "model.int8.onnx.json").read_text())["quantization"]
+    assert quantization["activations"].startswith("uint8, static ranges: min/max (percentile histograms failed")
+    assert quantization["check"]["images"] == 16

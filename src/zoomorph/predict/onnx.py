@@ -67,12 +67,12 @@ def _quantized_export(model: nn.Module, cfg: RunConfig, out: Path, calibration: 
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / ONNX_FILE
         _trace(model, cfg, fp32)
-        quantize.quantize_int8(fp32, out, pixels, INPUT)
+        ranges = quantize.quantize_int8(fp32, out, pixels, INPUT)
         check_on, labels, checked = quantize.check_pixels(cfg) or (pixels, None, "the calibration images")
         top = Q1 if cfg.head == "votes" else slice(None)  # votes: the class of the first question
         check = quantize.compare_outputs(fp32, out, check_on, labels, top)
     return {"weights": "int8, per output channel",
-            "activations": f"uint8, static ranges (+-{quantize.PERCENTILE}th percentile of |values|)",
+            "activations": f"uint8, static ranges: {ranges}",
             "calibration": source, "check": {"on": checked, **check}}
 
 

@@ -158,8 +158,12 @@ def head_nodes(model_path: Path) -> list[str]:
     return [n.name for n in nodes[last:]]
 
 
-def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray, input_name: str) -> None:
-    """Write `out`: `fp32` with int8 per-channel weights and uint8 activations calibrated on `pixels`."""
+def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray, input_name: str) -> str:
+    """Write `out`: `fp32` with int8 per-channel weights and uint8 activations calibrated on `pixels`.
+
+    Returns how the activation ranges were set: percentiles, or min/max where a tensor with
+    almost no spread of values (e.g. an untrained, zero-initialised branch) defeats the histograms.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -167,8 +171,18 @@ def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray, input_name: str) ->
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         prepared = Path(tmp) / "prepared.onnx"  # shapes inferred and BatchNorm folded: what quantises well
         quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(out), _Batches(input_name, pixels), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=head_nodes(prepared),
-                        extra_options={"CalibStridedMinMax": 1, "CalibPercentile": PERCENTILE,
-                                       "CalibTensorRangeSymmetric": True})
+
+        def quantize(method: CalibrationMethod, options: dict) -> None:
+            quantize_static(str(prepared), str(out), _Batches(input_name, pixels), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=method, nodes_to_exclude=head_nodes(prepared),
+                            extra_options={"CalibStridedMinMax": 1, **options})
+
+        try:
+            quantize(CalibrationMethod.Percentile, {"CalibPercentile": PERCENTILE, "CalibTensorRangeSymmetric": True})
+            return f"+-the {PERCENTILE}th percentile of |values|"
+        except ValueError as err:  # numpy: "Too many bins for data range"
+            if "bins" not in str(err):
+                raise
+            quantize(CalibrationMethod.MinMax, {})
+            return f"min/max (percentile histograms failed: {err})"
