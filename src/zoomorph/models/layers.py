@@ -41,6 +41,17 @@ def resnet_stages(in_channels: int, widths: list[int], depths: list[int]) -> lis
     return blocks
 
 
+def resnet_features(widths: list[int], depths: list[int]) -> nn.Sequential:
+    """Stride-2 stem, basic-block stages, global average pool; He-initialised (resnet and rotinv).
+
+    No max-pool after the stem: at 64 px the galaxy is small, so keep the detail of a 32 px map.
+    """
+    features = nn.Sequential(conv_bn(3, widths[0], 3, stride=2), *resnet_stages(widths[0], widths, depths),
+                             global_pool())
+    features.apply(init_conv_weights)
+    return features
+
+
 def init_conv_weights(module: nn.Module) -> None:
     """He initialisation for convolutions (torch's default is tuned for linear layers)."""
     if isinstance(module, nn.Conv2d):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from zoomorph.data.augment import dihedral
-from zoomorph.models.layers import conv_bn, global_pool, init_conv_weights, resnet_stages
+from zoomorph.models.layers import resnet_features
 from zoomorph.models.registry import MODERN_RECIPE, register_model
 
 PART = 45 / 69  # Dieleman's part side over image side (45 px parts of a 69 px image)
@@ -40,8 +40,4 @@ class RotationPooled(nn.Module):
                 description="Dieleman-style: shared ResNet stack over the 4 rotated corner parts, "
                             "mean+max pooled (exactly invariant to 90-degree rotations)")
 def rotinv(image_size: int) -> tuple[nn.Module, int]:
-    features = nn.Sequential(conv_bn(3, WIDTHS[0], 3, stride=2),
-                             *resnet_stages(WIDTHS[0], WIDTHS, depths=[1, 1, 1, 1]),
-                             global_pool())
-    features.apply(init_conv_weights)
-    return RotationPooled(features, image_size), 2 * WIDTHS[-1]
+    return RotationPooled(resnet_features(WIDTHS, depths=[1, 1, 1, 1]), image_size), 2 * WIDTHS[-1]
