@@ -66,11 +66,12 @@ def calibration_pixels(cfg: RunConfig, sources: list[str | Path] | None = None,
         skipped = f" ({len(unreadable)} unreadable skipped, e.g. {unreadable[0]})" if unreadable else ""
         return pixels, f"{len(pixels)} images sampled from {', '.join(map(str, sources))}{skipped}"
     data = _prepared(cfg)
-    if data is None or not len(data.indices("train", labelled=False)):
+    train = data.indices("train", labelled=False) if data is not None else np.empty(0, int)
+    if not len(train):
         raise NoCalibrationImages(
             f"int8 quantisation needs calibration images: the run's prepared data ({cfg.data or 'not recorded'}) "
             "is not readable here, so give some, e.g. `zoomorph export RUN --int8 --calibration IMAGES`")
-    rows = _sample(data.indices("train", labelled=False), n)
+    rows = _sample(train, n)
     return np.asarray(data.images[rows]), f"{len(rows)} training images of {data.root}"
 
 
