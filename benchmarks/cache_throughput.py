@@ -1,6 +1,6 @@
 """Image-cache building rate vs the one-core decode limit, on real Kaggle JPEGs.
 
-    python benchmarks/cache_throughput.py [IMAGE_DIR] [--size 64] [--fov 207]
+    python benchmarks/cache_throughput.py [IMAGE_DIR] [--size 64] [--fov 256]
 
 Prints: one-core decode+crop+resize rate (the physical limit per core), and
 the full `build_cache` rate with all cores (memory-mapped writes included).
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from zoomorph.data.cache import build_cache
 from zoomorph.data.images import list_images, load
+from zoomorph.data.prepare import DEFAULT_FOV
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-q1" / "images"
 
@@ -24,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="?", type=Path, default=DEFAULT)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--fov", type=int, default=207)
+    parser.add_argument("--fov", type=int, default=DEFAULT_FOV)
     parser.add_argument("--limit", type=int, default=6000)
     args = parser.parse_args()
     sources = list_images(args.images)[: args.limit]

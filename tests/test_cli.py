@@ -20,7 +20,7 @@ def test_every_command_has_help():
 def test_models_lists_the_registry():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
-    for name in ["seed-model1", "seed-model2", "convnet", "resnet", "rotinv"]:
+    for name in ["seed-model1", "seed-model2", "convnet", "convnet-lite", "resnet", "rotinv"]:
         assert name in result.output
 
 

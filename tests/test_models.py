@@ -48,7 +48,7 @@ def test_model_spec_recipe_is_a_copy():
 
 
 def test_registry_lists_at_least_the_required_models():
-    assert {"seed-model1", "seed-model2", "resnet", "rotinv", "convnet"} <= set(MODELS)
+    assert {"seed-model1", "seed-model2", "resnet", "rotinv", "convnet", "convnet-lite"} <= set(MODELS)
 
 
 def test_unknown_model_names_the_known_ones():
@@ -160,3 +160,11 @@ def test_register_model_adds_a_model_with_one_decorator(monkeypatch):
     assert create_model("tiny", num_classes=2)(torch.rand(1, 3, 8, 8)).shape == (1, 2)
     with pytest.raises(ValueError, match="twice"):
         register_model("tiny", description="again", default_image_size=8, recipe={})(tiny)
+
+
+def test_convnet_lite_is_convnet_with_relu6():
+    lite, silu = create_model("convnet-lite"), create_model("convnet")
+    assert {k: v.shape for k, v in lite.state_dict().items()} == {k: v.shape for k, v in silu.state_dict().items()}
+    kinds = [{type(m) for m in model.modules()} for model in (lite, silu)]
+    assert nn.ReLU6 in kinds[0] and nn.SiLU not in kinds[0]
+    assert nn.SiLU in kinds[1] and nn.ReLU6 not in kinds[1]

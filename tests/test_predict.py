@@ -129,9 +129,10 @@ def test_tta_is_the_mean_of_the_eight_views(tmp_path, images):
 
 def test_mc_dropout_adds_uncertainty_and_is_reproducible(tmp_path, images):
     run = make_run(tmp_path, "toy-spatial")
-    first = pd.read_parquet(predict(run, images, tmp_path / "a.parquet", mc_samples=16, workers=0,
+    first = pd.read_parquet(predict(run, images, tmp_path / "a.parquet", mc_samples=16, batch_size=8, workers=0,
                                     progress=False).out)
-    again = pd.read_parquet(predict(run, images, tmp_path / "b.parquet", mc_samples=16, workers=0,
+    # in two worker processes, each predicting its own batches: the same masks (seeded per batch)
+    again = pd.read_parquet(predict(run, images, tmp_path / "b.parquet", mc_samples=16, batch_size=8, workers=2,
                                     progress=False).out)
     plain = pd.read_parquet(predict(run, images, tmp_path / "c.parquet", workers=0, progress=False).out)
     pd.testing.assert_frame_equal(first, again)

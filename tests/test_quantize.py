@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pandas as pd
 import pytest
 from predict_toys import make_run as make_toy_run
@@ -131,14 +132,25 @@ def test_int8_votes_outputs_still_obey_the_tree(tmp_path, toys):
     assert validate(fractions, tolerance=1e-5) == []  # the vote products ran in float32
 
 
-def test_untrained_convnet_falls_back_to_min_max_ranges(tmp_path):
-    # Its zero-initialised residual branches give tensors with almost no spread of values,
+@pytest.mark.parametrize("model", ["convnet-lite", "convnet"])
+def test_untrained_convnets_quantise_and_only_lite_fuses_its_activations(tmp_path, model):
+    # With SiLU, zero-initialised residual branches give tensors with almost no spread of values,
     # on which onnxruntime's percentile histograms fail: the export must still succeed.
-    cfg = runs.RunConfig(model="convnet", head="classes", classes=["a", "b"], image_size=32, fov=207)
+    cfg = runs.RunConfig(model=model, head="classes", classes=["a", "b"], image_size=32, fov=207)
     cfg.save(tmp_path / "run")
     runs.save_weights(tmp_path / "run", runs.build_model(cfg))
     images = write_images(tmp_path / "images", range(16))
-    export_onnx(tmp_path / "run", int8=True, calibration=images)
+    path = export_onnx(tmp_path / "run", int8=True, calibration=images)
     quantization = json.loads((tmp_path / "run" / "model.int8.onnx.json").read_text())["quantization"]
-    assert quantization["activations"].startswith("uint8, static ranges: min/max (percentile histograms failed")
+    fallback = quantization["activations"].startswith("uint8, static ranges: min/max (percentile histograms failed")
+    assert fallback == (model == "convnet")
     assert quantization["check"]["images"] == 16
+
+    # What onnxruntime runs: ReLU6 folds into the int8 convolutions, SiLU needs int8 passes of its own
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "QLinearConv" in ops
+    activations = ops & {"Clip", "Relu", "Sigmoid", "QLinearSigmoid", "QLinearMul"}
+    assert activations == (set() if model == "convnet-lite" else {"QLinearSigmoid", "QLinearMul"})

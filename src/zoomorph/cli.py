@@ -79,17 +79,19 @@ def prepare(images: Path = typer.Argument(..., help="image folder, Kaggle zip, o
             preset: str = PresetOpt, conflicts: str = ConflictsOpt,
             min_share: float = typer.Option(0.8, help="smooth-featured: minimum winning share"),
             size: int = typer.Option(64, help="cached image side, pixels"),
-            fov: int = typer.Option(207, help="central crop side in Kaggle (424 px) pixels"),
+            fov: Optional[int] = typer.Option(None, help="central crop side in Kaggle (424 px) pixels "
+                                                         "(default 256: 4 x 64 px decodes fastest)"),
             val: float = typer.Option(0.2, help="validation fraction"),
             test: float = typer.Option(0.0, help="test fraction"),
             seed: int = typer.Option(0, help="split seed"),
             workers: Optional[int] = typer.Option(None, help="decode processes (default: all cores)")) -> None:
     """Labels + stratified split + uint8 image cache, in one step."""
     from zoomorph.api import prepare as run_prepare
+    from zoomorph.data.prepare import DEFAULT_FOV
 
     try:
         summary = run_prepare(images, labels_file, out, preset=preset, conflicts=conflicts, min_share=min_share,
-                              size=size, fov=fov, val=val, test=test, seed=seed, workers=workers)
+                              size=size, fov=fov or DEFAULT_FOV, val=val, test=test, seed=seed, workers=workers)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     console.print(_table(f"prepared {out}" + (" (cache reused)" if summary.reused_cache else ""), summary.counts))
@@ -245,8 +247,10 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
             tta: bool = typer.Option(False, help="average over the 8 rotations/flips"),
             mc_samples: int = typer.Option(0, help="Monte-Carlo dropout samples (>= 2) for uncertainty"),
             preset: Optional[str] = typer.Option(None, help="votes runs: also derive this preset's class"),
-            batch_size: int = typer.Option(256, help="images per inference batch"),
-            workers: Optional[int] = typer.Option(None, help="decode processes (ray: actors)"),
+            batch_size: Optional[int] = typer.Option(None, help="images per inference batch "
+                                                                "(default: 64 on a CPU, 256 on a GPU)"),
+            workers: Optional[int] = typer.Option(None, help="worker processes (default: one per core; they decode, "
+                                                          "and on a CPU also predict; 0: none; ray: actors)"),
             chunk_size: int = typer.Option(4096, help="rows per output part (the unit of resumption)"),
             ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster")) -> None:
     """Classify any number of images, streaming, in chunks; re-run the same command to resume."""

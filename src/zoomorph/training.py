@@ -27,7 +27,7 @@ from zoomorph.data.datamodule import GalaxyDataModule
 from zoomorph.inference import to_input
 from zoomorph.models import create_model, model_spec
 
-DEFAULT_MODEL = "convnet"
+DEFAULT_MODEL = "convnet-lite"
 
 
 class GalaxyModule(L.LightningModule):

@@ -1,8 +1,13 @@
-"""A small modern convnet for CPU training at 64 px, after EfficientNetV2 (Tan & Le 2021).
+"""Small modern convnets for CPU training at 64 px, after EfficientNetV2 (Tan & Le 2021).
 
-Inverted-residual blocks with BatchNorm and SiLU: "fused" ones (a full 3x3
-expansion conv) at high resolution, where depthwise convs are slow on CPUs,
-then depthwise-separable ones at low resolution; global average pooling.
+Inverted-residual blocks with BatchNorm: "fused" ones (a full 3x3 expansion
+conv) at high resolution, where depthwise convs are slow on CPUs, then
+depthwise-separable ones at low resolution; global average pooling.
+
+Two activations, as two models: `convnet` uses SiLU, as EfficientNetV2 does;
+`convnet-lite` (the default) uses ReLU6, as EfficientNet-Lite does for int8
+serving: int8 runtimes fuse ReLU6 into the convolution, while SiLU costs two
+extra int8 passes over every activation map (docs/models.md).
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from zoomorph.models.registry import MODERN_RECIPE, register_model
 class InvertedResidual(nn.Module):
     """Expand channels (fused: 3x3 conv; else 1x1 then depthwise 3x3), project back linearly, add the input."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expand: int, fused: bool):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand: int, fused: bool,
+                 act: type[nn.Module]):
         super().__init__()
         hidden = in_channels * expand
-        expansion = ([conv_bn(in_channels, hidden, 3, stride, act=nn.SiLU)] if fused else
-                     [conv_bn(in_channels, hidden, 1, act=nn.SiLU),
-                      conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.SiLU)])
+        expansion = ([conv_bn(in_channels, hidden, 3, stride, act=act)] if fused else
+                     [conv_bn(in_channels, hidden, 1, act=act),
+                      conv_bn(hidden, hidden, 3, stride, groups=hidden, act=act)])
         self.body = nn.Sequential(*expansion, conv_bn(hidden, out_channels, 1, act=None))
         self.residual = stride == 1 and in_channels == out_channels
         if self.residual:
@@ -36,18 +42,31 @@ STAGES = [(24, 1, 1, 2, True), (48, 2, 2, 4, True), (96, 3, 2, 4, False), (160, 
 STEM, FEATURES = 24, 512
 
 
+def build_convnet(act: type[nn.Module]) -> nn.Module:
+    blocks, channels = [conv_bn(3, STEM, 3, stride=2, act=act)], STEM
+    for out_channels, depth, stride, expand, fused in STAGES:
+        for i in range(depth):
+            blocks.append(InvertedResidual(channels, out_channels, stride if i == 0 else 1, expand, fused, act))
+            channels = out_channels
+    backbone = nn.Sequential(*blocks, conv_bn(channels, FEATURES, 1, act=act), global_pool())
+    backbone.apply(init_conv_weights)
+    return backbone
+
+
 # Measured on the real q1 set (docs/models.md): zoom 0.5-1.5 augmentation keeps accuracy at other
-# angular scales (>= 93% from 0.5x to 1.5x after 25 epochs, ~10 minutes on a shared 2-core CPU).
-@register_model("convnet", default_image_size=64, recipe={**MODERN_RECIPE, "augment": "scale", "epochs": 25},
-                head_dropout=0.3,
+# angular scales (>= 93% from 0.5x to 1.5x after 25 epochs, ~5-10 minutes on a 2-core CPU).
+RECIPE = {**MODERN_RECIPE, "augment": "scale", "epochs": 25}
+
+
+@register_model("convnet", default_image_size=64, recipe=RECIPE, head_dropout=0.3,
                 description="EfficientNetV2-style inverted residuals (fused, then depthwise), SiLU, "
                             "global average pool")
 def convnet(image_size: int) -> tuple[nn.Module, int]:
-    blocks, channels = [conv_bn(3, STEM, 3, stride=2, act=nn.SiLU)], STEM
-    for out_channels, depth, stride, expand, fused in STAGES:
-        for i in range(depth):
-            blocks.append(InvertedResidual(channels, out_channels, stride if i == 0 else 1, expand, fused))
-            channels = out_channels
-    backbone = nn.Sequential(*blocks, conv_bn(channels, FEATURES, 1, act=nn.SiLU), global_pool())
-    backbone.apply(init_conv_weights)
-    return backbone, FEATURES
+    return build_convnet(nn.SiLU), FEATURES
+
+
+@register_model("convnet-lite", default_image_size=64, recipe=RECIPE, head_dropout=0.3,
+                description="convnet with ReLU6 instead of SiLU, after EfficientNet-Lite: "
+                            "1.6x faster in int8, as accurate (the default)")
+def convnet_lite(image_size: int) -> tuple[nn.Module, int]:
+    return build_convnet(nn.ReLU6), FEATURES

@@ -1,10 +1,11 @@
-"""Prediction over any number of images, streamed: decode in worker processes, infer in batches, write parts.
+"""Prediction over any number of images, streamed: decode and infer in batches in workers, write parts.
 
-Worker processes each decode a whole batch of sources into one uint8 array
-(DCT-draft JPEG decoding, images.load) while the main process runs the model
-on the previous batches; at most a few batches are in flight, so memory stays
-flat however many inputs there are. Results go to writers.PartWriter chunk by
-chunk, which is what makes a killed run resumable.
+Each batch of sources is decoded into one uint8 array (DCT-draft JPEG decoding,
+images.load) and run through the model in one call; on a CPU the worker
+processes do both, on a GPU they decode and the main process runs the model.
+At most a few batches are in flight, so memory stays flat however many inputs
+there are. Results go to writers.PartWriter chunk by chunk, which is what makes
+a killed run resumable.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -182,52 +184,76 @@ class Predictor:
 
 # ---------------------------------------------------------------- the local engine
 
-def decoded_batches(tasks: Iterable[tuple], pool: Pool | None,
-                    window: int) -> Iterator[tuple[int, np.ndarray, list[str]]]:
-    """decode_batch over `tasks`, in order, in `pool` (None: here), at most `window` batches ahead.
+def ordered(fn: Callable, tasks: Iterable[tuple], pool: Pool | None, window: int) -> Iterator:
+    """fn over `tasks`, in order, in `pool` (None: here), at most `window` tasks ahead.
 
     A bounded window rather than Pool.imap: imap runs ahead as far as the
-    decoders can, so a slow model would let decoded pixels pile up in memory.
+    workers can, so a slow consumer would let results pile up in memory.
     """
     if pool is None:
-        yield from map(decode_batch, tasks)
+        yield from map(fn, tasks)
         return
     pending: deque = deque()
     for task in tasks:
-        pending.append(pool.apply_async(decode_batch, (task,)))
+        pending.append(pool.apply_async(fn, (task,)))
         if len(pending) > window:
             yield pending.popleft().get()
     while pending:
         yield pending.popleft().get()
 
 
-def cpu_split(workers: int | None, cuda: bool) -> tuple[int, int]:
-    """(decoding processes, inference threads) for this machine.
-
-    On a GPU the main process mostly waits for the GPU: decode on every core.
-    On a CPU the model costs several times the decoding, and threads that outnumber
-    the cores stall each other at every parallel op: a quarter of the cores decode
-    and the rest run the model.
-    """
-    cores = os.cpu_count() or 1
-    if workers is None:
-        workers = cores if cuda else max(1, cores // 4)
-    return workers, max(1, cores - workers)
+@lru_cache(maxsize=1)
+def _worker_predictor(run_dir: Path, options: tuple) -> Predictor:
+    # One thread: the workers already fill the cores, and torch's OpenMP pool
+    # cannot start more threads in a forked child (it hangs).
+    torch.set_num_threads(1)
+    return Predictor(run_dir, **dict(options))
 
 
-def local_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]], *, batch_size: int,
+def predict_batch(task: tuple) -> tuple[int, pd.DataFrame]:
+    """In a CPU worker: decode one batch and predict it (the model loads with the worker's first batch)."""
+    (run_dir, options), decode_task = task
+    start, pixels, errors = decode_batch(decode_task)
+    return start, _worker_predictor(run_dir, options).results(pixels, errors, seed=start)
+
+
+def default_workers(workers: int | None) -> int:
+    """Worker processes: one per core unless told (0: everything in this process)."""
+    return (os.cpu_count() or 1) if workers is None else workers
+
+
+def batch_size_for(cuda: bool) -> int:
+    """The default batch: 64 on a CPU, where small batches stay in the caches (measured ~10% faster
+    than 256 with every backend), 256 on a GPU."""
+    return 256 if cuda else 64
+
+
+def local_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]], *, batch_size: int | None,
                   workers: int | None, predictor_options: dict) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+    """Result rows, batch by batch, in input order.
+
+    On a CPU each worker decodes *and* predicts its own batches with one thread:
+    every core runs the whole pipeline, no pixels cross processes and no thread
+    pools fight over the cores. On a GPU the model stays here (one CUDA context)
+    and the workers only decode.
+    """
     cfg = RunConfig.load(run_dir)
-    workers, threads = cpu_split(workers, torch.cuda.is_available())
+    workers, cuda = default_workers(workers), torch.cuda.is_available()
+    batch_size = batch_size or batch_size_for(cuda)
     tasks = ((s, sources[s:min(s + batch_size, stop)], cfg.image_size, cfg.fov)
              for start, stop in spans for s in range(start, stop, batch_size))
-    previous = torch.get_num_threads()
     # The pool forks before the model is loaded (and before CUDA starts): light, clean children.
     with mp.get_context().Pool(workers) if workers else nullcontext() as pool:
-        torch.set_num_threads(threads)
+        if pool is not None and not cuda:
+            setup = (Path(run_dir), tuple(sorted(predictor_options.items())))
+            for start, results in ordered(predict_batch, ((setup, t) for t in tasks), pool, window=2 * workers):
+                yield np.arange(start, start + len(results)), results
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1 if cuda else os.cpu_count() or 1)  # on a GPU this thread mostly waits
         try:
             predictor = Predictor(run_dir, **predictor_options)
-            for start, pixels, errors in decoded_batches(tasks, pool, window=2 * workers):
+            for start, pixels, errors in ordered(decode_batch, tasks, pool, window=2 * max(workers, 1)):
                 yield np.arange(start, start + len(errors)), predictor.results(pixels, errors, seed=start)
         finally:
             torch.set_num_threads(previous)
@@ -263,7 +289,7 @@ def _fingerprint(run_dir: Path, listing: pd.DataFrame, settings: dict) -> str:
 
 def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str = "parquet",
             backend: str = "torch", engine: str = "local", tta: bool = False, mc_samples: int = 0,
-            batch_size: int = 256, workers: int | None = None, chunk_size: int = 4096,
+            batch_size: int | None = None, workers: int | None = None, chunk_size: int = 4096,
             preset: str | None = None, ray_address: str | None = None, progress: bool = True) -> PredictSummary:
     """Classify every image in `inputs` into `out`: one row per input, in input order (docs/predict.md).
 

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from zoomorph.predict.engine import Predictor
+from zoomorph.predict.engine import Predictor, batch_size_for
 from zoomorph.predict.inputs import decode_batch
 from zoomorph.runs import RunConfig
 
@@ -47,7 +47,7 @@ class _Infer:
         return results.assign(row=batch["row"])
 
 
-def ray_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]], *, batch_size: int,
+def ray_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]], *, batch_size: int | None,
                 actors: int | None, ray_address: str | None,
                 predictor_options: dict) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
     """(listing rows, result rows) for the rows in `spans`, in order, computed on Ray.
@@ -71,6 +71,7 @@ def ray_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]],
         context.enable_progress_bars = False  # predict() shows its own
         cfg = RunConfig.load(run_dir)
         gpus = int(ray.cluster_resources().get("GPU", 0))
+        batch_size = batch_size or batch_size_for(cuda=gpus > 0)
         blocks = [pd.DataFrame({"row": np.arange(start, stop), "source": sources[start:stop]})
                   for start, stop in spans]
         ds = (ray.data.from_pandas(blocks)
