@@ -12,7 +12,8 @@ Prints:
   * the same against a naive loop (PIL full decode, crop, resize, one image per model call);
   * inference only: torch vs onnxruntime (float32 and int8) on one decoded batch;
   * peak memory (PSS) of the whole process tree (the run and its workers) for
-    --inputs vs --large sources (onnx-int8, the fastest): flat when prediction streams.
+    --inputs vs --large sources (onnx-int8, the fastest): only the input listing
+    should grow (under 1 KB per input), never the pixels or results.
 Each end-to-end run is a fresh process, so that the peaks do not mix.
 """
 

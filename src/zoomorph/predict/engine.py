@@ -3,9 +3,10 @@
 Each batch of sources is decoded into one uint8 array (DCT-draft JPEG decoding,
 images.load) and run through the model in one call; on a CPU the worker
 processes do both, on a GPU they decode and the main process runs the model.
-At most a few batches are in flight, so memory stays flat however many inputs
-there are. Results go to writers.PartWriter chunk by chunk, which is what makes
-a killed run resumable.
+At most a few batches are in flight, so the pixels and results in memory do
+not grow with the input count (the input listing itself is held whole).
+Results go to writers.PartWriter chunk by chunk, which is what makes a killed
+run resumable.
 """
 
 from __future__ import annotations
