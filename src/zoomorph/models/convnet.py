@@ -54,7 +54,8 @@ def build_convnet(act: type[nn.Module]) -> nn.Module:
 
 
 # Measured on the real q1 set (docs/models.md): zoom 0.5-1.5 augmentation keeps accuracy at other
-# angular scales (>= 93% from 0.5x to 1.5x after 25 epochs, ~5-10 minutes on a 2-core CPU).
+# angular scales (about 93% at 0.5x and above at 0.75-1.5x after 25 epochs, the 0.5x figure varying
+# with the seed; 4-10 minutes on a 2-core CPU).
 RECIPE = {**MODERN_RECIPE, "augment": "scale", "epochs": 25}
 
 
