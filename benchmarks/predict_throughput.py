@@ -9,12 +9,14 @@ not change the speed; --run measures a trained run folder instead, on a copy).
 Prints:
   * end to end: JPEG files -> Parquet, images/s, --inputs sources, with each
     backend (torch, onnx, onnx-int8);
-  * the same against a naive loop (PIL full decode, crop, resize, one image per model call);
+  * the same against a naive loop (PIL full decode, crop, resize, one image per model call),
+    its fastest of three passes;
   * inference only: torch vs onnxruntime (float32 and int8) on one decoded batch;
   * peak memory (PSS) of the whole process tree (the run and its workers) for
-    --inputs vs --large sources (onnx-int8, the fastest): only the input listing
-    should grow (under 1 KB per input), never the pixels or results.
-Each end-to-end run is a fresh process, so that the peaks do not mix.
+    --inputs vs --large sources (onnx-int8, the fastest), in runs of their own, as
+    sampling it slows a run: only the input listing should grow (under 1 KB per
+    input), never the pixels or results.
+Each measurement runs in a fresh process, so that none inherits another's state.
 """
 
 from __future__ import annotations
@@ -69,10 +71,10 @@ def sources(n: int) -> list[str]:
     return (files * (n // len(files) + 1))[:n]
 
 
-def child(run: str, n: int, out: str, backend: str, workers: int | None) -> None:
-    """The measured process: one predict() call."""
+def predict_speed(run: str, n: int, out: str, backend: str, workers: int | None) -> dict:
+    """One predict() call, as a user makes it."""
     summary = predict(run, sources(n), Path(out), backend=backend, workers=workers, progress=False)
-    print(json.dumps({"images_per_s": summary.images_per_s, "total": summary.total, "errors": summary.errors}))
+    return {"images_per_s": summary.images_per_s, "total": summary.total, "errors": summary.errors}
 
 
 def tree_pss(pid: int) -> int:
@@ -90,39 +92,55 @@ def tree_pss(pid: int) -> int:
     return total
 
 
-def end_to_end(run: Path, n: int, out: Path, backend: str, workers: int | None) -> dict:
-    """Run `child` in a new process; its result plus wall time and peak tree PSS (sampled every 0.5 s:
-    more often would take CPU time from the run being measured)."""
+def fresh(measure: str, *args, memory: bool = False) -> dict:
+    """`measure`(*args) in a new process, so that no figure depends on what ran before it (thread
+    pools, allocator state, a warm or cold torch). Its result, wall time and, with `memory`, its peak
+    tree PSS, sampled every 0.5 s: each sample takes ~20 ms of CPU from the run (2% of its speed on
+    2 cores), so the speed figures come from runs that do not sample."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(run), str(n), str(out), backend, str(workers)],
+    proc = subprocess.Popen([sys.executable, __file__, "--child", measure, json.dumps(args)],
                             stdout=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, tree_pss(proc.pid))
+        peak = max(peak, tree_pss(proc.pid)) if memory else 0
         time.sleep(0.5)
     if proc.returncode:
-        raise SystemExit(f"predict child failed ({proc.returncode})")
+        raise SystemExit(f"{measure} failed ({proc.returncode})")
     result = json.loads(proc.stdout.read().strip().splitlines()[-1])
-    return result | {"seconds": time.perf_counter() - started, "peak_mb": peak / 2**20}
+    return {"result": result, "seconds": time.perf_counter() - started, "peak_mb": peak / 2**20}
 
 
 @torch.inference_mode()
-def naive(run: Path, files: list[str]) -> float:
-    """images/s of the obvious loop: full-size decode, crop, resize, one image per model call."""
-    model, cfg = load_run(run)
-    started = time.perf_counter()
-    for f in files:
+def naive(run: str, n: int, repeats: int = 3) -> list[float]:
+    """images/s of the obvious loop: full-size decode, crop, resize, one image per model call.
+
+    After a warm-up, `repeats` times: on 2 cores its speed varies by up to a quarter from one
+    pass to the next (torch's two threads at batch 1), and the ratio is taken against the fastest.
+    """
+    model, cfg = load_run(Path(run))
+    files = sources(n)
+
+    def classify(f: str) -> None:
         im = Image.open(f).convert("RGB")
         half = fov_crop(min(im.size), cfg.fov) / 2
         cx, cy = im.size[0] / 2, im.size[1] / 2
         im = im.crop((cx - half, cy - half, cx + half, cy + half)).resize((cfg.image_size,) * 2, Image.BILINEAR)
         outputs_to_probs(model(to_input(torch.from_numpy(np.array(im))[None])), cfg.head)
-    return len(files) / (time.perf_counter() - started)
+
+    for f in files[:20]:
+        classify(f)
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for f in files:
+            classify(f)
+        rates.append(len(files) / (time.perf_counter() - started))
+    return rates
 
 
-def decode_only(run: Path, n: int) -> float:
+def decode_only(run: str, n: int) -> float:
     """images/s of the decoding side alone, every core decoding: the ceiling the model sees."""
-    cfg = RunConfig.load(run)
+    cfg = RunConfig.load(Path(run))
     batches = np.array_split(sources(n), n // batch_size_for(cuda=False))
     tasks = [(i, batch, cfg.image_size, cfg.fov) for i, batch in enumerate(batches)]
     started = time.perf_counter()
@@ -132,28 +150,30 @@ def decode_only(run: Path, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def inference_only(run: Path, threads: int, batch: int = batch_size_for(cuda=False),
-                   repeats: int = 32) -> dict[str, float]:
-    """images/s of each backend on the same decoded uint8 batch (no decoding), with `threads` threads."""
+def inference_only(run: str, threads: int, batch: int = batch_size_for(cuda=False), repeats: int = 16,
+                   rounds: int = 3) -> dict[str, float]:
+    """images/s of each backend on the same decoded uint8 batch (no decoding), with `threads` threads:
+    the fastest of `rounds` rounds, the backends taking turns in each."""
+    run = Path(run)
     model, cfg = load_run(run)
     pixels = torch.from_numpy(np.stack([load(s, cfg.image_size, cfg.fov).pixels for s in sources(batch)]))
+    torch.set_num_threads(threads)
     forwards = {"torch": PixelModel(model, cfg.head).to(memory_format=torch.channels_last),
                 "onnx": onnx_forward(run, threads), "onnx-int8": onnx_forward(run, threads, int8=True)}
+    best = dict.fromkeys(forwards, 0.0)
+    with torch.inference_mode():
+        for forward in forwards.values():
+            forward(pixels)  # warm up
+        for _ in range(rounds):
+            for name, forward in forwards.items():
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    forward(pixels)
+                best[name] = max(best[name], batch * repeats / (time.perf_counter() - started))
+    return best
 
-    def rate(forward) -> float:
-        forward(pixels)  # warm up
-        started = time.perf_counter()
-        for _ in range(repeats):
-            forward(pixels)
-        return batch * repeats / (time.perf_counter() - started)
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            return {name: rate(forward) for name, forward in forwards.items()}
-    finally:
-        torch.set_num_threads(previous)
+MEASURES = {f.__name__: f for f in (predict_speed, naive, decode_only, inference_only)}
 
 
 def main() -> None:
@@ -163,7 +183,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=None, help="a trained run folder (default: untrained --model)")
     parser.add_argument("--inputs", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=100_000, help="inputs for the memory comparison")
-    parser.add_argument("--naive", type=int, default=1000, help="images for the naive loop")
+    parser.add_argument("--naive", type=int, default=1000, help="images per pass of the naive loop")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: predict's)")
     args = parser.parse_args()
     if not IMAGES.exists():
@@ -179,31 +199,36 @@ def main() -> None:
         print(f"model {cfg.model} at {cfg.image_size} px, fov {cfg.fov}/{KAGGLE_SIZE}; {os.cpu_count()} cores: "
               f"{default_workers(args.workers)} worker processes (each decodes and predicts, one thread); "
               f"{len(list_images(IMAGES))} distinct JPEGs", flush=True)
-        runs = {(backend, n): end_to_end(run, n, Path(tmp) / f"{backend}-{n}.parquet", backend, args.workers)
-                for backend, n in (("torch", args.inputs), ("onnx", args.inputs), ("onnx-int8", args.inputs),
-                                   ("onnx-int8", args.large))}
-        loop = naive(run, sources(args.naive))
-        decoding = decode_only(run, args.inputs)
-        inference = inference_only(run, threads=1)  # as in each worker
+        runs = {backend: fresh("predict_speed", str(run), args.inputs, str(Path(tmp) / f"{backend}.parquet"),
+                               backend, args.workers)
+                for backend in BACKENDS}
+        peaks = {n: fresh("predict_speed", str(run), n, str(Path(tmp) / f"memory-{n}.parquet"), "onnx-int8",
+                          args.workers, memory=True)
+                 for n in (args.inputs, args.large)}
+        loops = fresh("naive", str(run), args.naive)["result"]
+        decoding = fresh("decode_only", str(run), args.inputs)["result"]
+        inference = fresh("inference_only", str(run), 1)["result"]  # one thread, as in each worker
 
-    for (backend, n), r in runs.items():
-        print(f"end to end, {backend:9} backend, {n:>7,} inputs: {r['images_per_s']:5.0f} img/s  "
-              f"({r['seconds']:.0f} s wall, peak memory (PSS) of the process tree {r['peak_mb']:.0f} MB, "
-              f"{r['errors']} errors)")
+    speed = {backend: r["result"]["images_per_s"] for backend, r in runs.items()}
+    loop = max(loops)
+    for backend, r in runs.items():
+        print(f"end to end, {backend:9} backend, {args.inputs:,} inputs: {speed[backend]:5.0f} img/s  "
+              f"({r['seconds']:.0f} s wall, {r['result']['errors']} errors)")
     print(f"decoding only, all cores: {decoding:.0f} img/s")
-    print(f"naive loop ({args.naive} images): {loop:.0f} img/s -> predict is "
-          + ", ".join(f"{runs[b, args.inputs]['images_per_s'] / loop:.1f}x ({b})" for b in BACKENDS) + " faster")
+    print(f"naive loop ({args.naive} images, {len(loops)} passes): {', '.join(f'{r:.0f}' for r in loops)} img/s; "
+          f"against the fastest, predict is "
+          + ", ".join(f"{speed[b] / loop:.1f}x ({b})" for b in BACKENDS) + " faster")
     print("inference only, 1 thread: " + ", ".join(f"{b} {r:.0f} img/s" for b, r in inference.items())
           + f" -> onnxruntime {inference['onnx'] / inference['torch']:.2f}x torch, "
             f"int8 {inference['onnx-int8'] / inference['torch']:.2f}x torch")
-    small, large = runs["onnx-int8", args.inputs], runs["onnx-int8", args.large]
-    print(f"memory (onnx-int8): {large['peak_mb']:.0f} MB for {args.large:,} inputs vs "
-          f"{small['peak_mb']:.0f} MB for {args.inputs:,} ({large['peak_mb'] / small['peak_mb']:.2f}x)")
+    small, large = peaks[args.inputs], peaks[args.large]
+    print(f"peak memory (PSS) of the process tree, onnx-int8: {large['peak_mb']:.0f} MB for {args.large:,} inputs "
+          f"vs {small['peak_mb']:.0f} MB for {args.inputs:,} ({large['peak_mb'] / small['peak_mb']:.2f}x; "
+          f"{large['result']['images_per_s']:.0f} and {small['result']['images_per_s']:.0f} img/s while sampled)")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, run_dir, count, output, backend_name, workers = sys.argv
-        child(run_dir, int(count), output, backend_name, None if workers == "None" else int(workers))
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":  # one measurement, in its own process (`fresh`)
+        print(json.dumps(MEASURES[sys.argv[2]](*json.loads(sys.argv[3]))))
     else:
         main()

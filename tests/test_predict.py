@@ -16,6 +16,7 @@ from zoomorph.data.images import load
 from zoomorph.inference import outputs_to_probs, to_input
 from zoomorph.labels import assign
 from zoomorph.predict import expand_inputs, predict, writers
+from zoomorph.predict.inputs import source_id
 from zoomorph.schema import ANSWER_COLUMNS
 
 P_COLUMNS = [f"p_{c}" for c in CLASSES]
@@ -92,6 +93,10 @@ def test_ids_are_galaxy_ids_when_numeric_else_stems(tmp_path, images):
     assert expand_inputs([images[0].parent])["id"].dtype == np.int64
     ids = expand_inputs([images[0].parent, tmp_path / "named"])["id"]
     assert ids.iloc[0] == "1000" and ids.iloc[-1] == "NGC 4414"
+    names = ["a/b/100008.jpg", "x.zip::dir/NGC 1300.fits.gz", "dir/m.31.png", "dir/.hidden", "dir/noext"]
+    assert [source_id(n) for n in names] == ["100008", "NGC 1300", "m.31", ".hidden", "noext"]
+    with pytest.raises(FileNotFoundError, match="nope.jpg: no such file"):
+        expand_inputs([images[0], tmp_path / "nope.jpg"])
     with pytest.raises(ValueError, match="numeric GalaxyIDs"):
         predict(make_run(tmp_path, head="votes"), [tmp_path / "named"], tmp_path / "k.csv", format="kaggle",
                 progress=False)

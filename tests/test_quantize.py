@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from zoomorph import runs
 from zoomorph.cli import app
-from zoomorph.predict import export_onnx, predict, writers
+from zoomorph.predict import export_onnx, predict, quantize, writers
 from zoomorph.schema import ANSWER_COLUMNS, validate
 
 pytestmark = pytest.mark.slow  # each export traces the model with torch.export and calibrates (~5-10 s)
@@ -83,6 +83,27 @@ def test_int8_without_training_images_needs_calibration_and_is_redone_for_new_we
     make_toy_run(tmp_path, "toy-spatial", seed=1)  # new weights: the int8 graph is stale, and nothing to calibrate
     with pytest.raises(ValueError, match="calibration"):
         predict(run, images, tmp_path / "c.parquet", backend="onnx-int8", progress=False)
+
+
+def test_pixels_feed_the_int8_graph_directly_and_exactly(tmp_path, toys, monkeypatch):
+    run = make_toy_run(tmp_path, "toy-spatial")
+    images = write_images(tmp_path / "images", range(32))
+    direct = export_onnx(run, int8=True, calibration=images)
+    pixels = quantize.calibration_pixels(runs.RunConfig.load(run), images)[0]
+    graph = onnx.load(str(direct)).graph
+    assert not {n.op_type for n in graph.node} & {"Cast", "Div"}
+    first = next(n for n in graph.node if graph.input[0].name in n.input)
+    quantised_input = next(n for n in graph.node if n.op_type == "DequantizeLinear"
+                           and n.input[0] in (first.output[0], graph.input[0].name))
+    scale = next(t for t in graph.initializer if t.name == quantised_input.input[1])
+    assert onnx.numpy_helper.to_array(scale) == np.float32(1 / 255)
+
+    monkeypatch.setattr(quantize, "_feed_pixels", lambda path, scaled: None)  # keep Cast -> Div -> QuantizeLinear
+    via_floats = export_onnx(run, tmp_path / "via-floats.onnx", int8=True, calibration=images)
+    assert {"Cast", "Div"} <= {n.op_type for n in onnx.load(str(via_floats)).graph.node}
+    outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels})[0]
+               for p in (direct, via_floats)]
+    np.testing.assert_array_equal(*outputs)
 
 
 def test_calibration_images_are_accounted_for_in_uneven_batches(tmp_path, toys):
@@ -152,5 +173,8 @@ def test_untrained_convnets_quantise_and_only_lite_fuses_its_activations(tmp_pat
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
     assert "QLinearConv" in ops
+    # the uint8 pixels go straight into the first int8 convolution, and the pooled features straight
+    # into the float head: no Cast/Div/QuantizeLinear at the input, no strided Gather after the pool
+    assert not ops & {"Cast", "Div", "QuantizeLinear", "Gather"}
     activations = ops & {"Clip", "Relu", "Sigmoid", "QLinearSigmoid", "QLinearMul"}
     assert activations == (set() if model == "convnet-lite" else {"QLinearSigmoid", "QLinearMul"})

@@ -13,6 +13,7 @@ which is several times faster than a full decode followed by a resize.
 from __future__ import annotations
 
 import io
+import math
 import re
 import zipfile
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ def read_bytes(source: str) -> bytes:
         except KeyError as err:
             raise ImageError(f"{source}: no such member in the archive") from err
     try:
-        return Path(source).read_bytes()
+        with open(source, "rb") as file:  # not pathlib: this runs once per image
+            return file.read()
     except FileNotFoundError as err:
         raise ImageError(f"{source}: file not found") from err
     except OSError as err:
@@ -127,7 +129,7 @@ def decode(data: bytes, size: int, fov: int = KAGGLE_SIZE, name: str = "image") 
         if fmt == "JPEG":
             # Ask for the smallest DCT scale that still leaves >= `size` pixels in the crop.
             scale = max(size / crop, 1 / 8)
-            im.draft("RGB", (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
+            im.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         im.load()
     except UnidentifiedImageError as err:
         raise ImageError(f"{name}: not an image file Pillow can read") from err

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from zoomorph.models.layers import conv_bn, global_pool, init_conv_weights
+from zoomorph.models.layers import GlobalAvgPool, conv_bn, init_conv_weights
 from zoomorph.models.registry import MODERN_RECIPE, register_model
 
 
@@ -48,7 +48,7 @@ def build_convnet(act: type[nn.Module]) -> nn.Module:
         for i in range(depth):
             blocks.append(InvertedResidual(channels, out_channels, stride if i == 0 else 1, expand, fused, act))
             channels = out_channels
-    backbone = nn.Sequential(*blocks, conv_bn(channels, FEATURES, 1, act=act), global_pool())
+    backbone = nn.Sequential(*blocks, conv_bn(channels, FEATURES, 1, act=act), GlobalAvgPool())
     backbone.apply(init_conv_weights)
     return backbone
 

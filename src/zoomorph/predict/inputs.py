@@ -11,7 +11,9 @@ This module imports no torch: decoding workers start from it.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,15 +25,28 @@ CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
 PATH_COLUMNS = ("path", "file", "filename", "image")  # the first one present is the path column
 
 
+def _stem(name: str) -> str:
+    """The name without its last suffix, as pathlib's `stem` (".hidden" keeps its dot)."""
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
 def source_id(source: str) -> str:
-    """`.../100008.jpg` -> "100008"; `archive.zip::dir/x.fits.gz` -> "x"."""
-    name = PurePosixPath(source.split(ZIP_SEP)[-1]).name
-    stem = PurePosixPath(name).stem
-    return PurePosixPath(stem).stem if name.lower().endswith(".gz") else stem
+    """`.../100008.jpg` -> "100008"; `archive.zip::dir/x.fits.gz` -> "x".
+
+    String operations, not pathlib: a listing of a million sources takes seconds less.
+    """
+    name = source.split(ZIP_SEP)[-1].rsplit("/", 1)[-1]
+    stem = _stem(name)
+    return _stem(stem) if name.lower().endswith(".gz") else stem
 
 
 def _is_listed(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or is_fits(path.name)
+
+
+def _is_catalogue(item: str) -> bool:
+    return item.lower().endswith(CATALOGUE_SUFFIXES) and os.path.isfile(item)
 
 
 def _catalogue(path: Path) -> pd.DataFrame:
@@ -45,14 +60,17 @@ def _catalogue(path: Path) -> pd.DataFrame:
     return table.assign(path=sources)
 
 
-def _sources(path: Path) -> list[str]:
-    if path.is_dir():
-        return sorted(str(p) for p in path.rglob("*") if _is_listed(p) and p.is_file())
-    if path.suffix.lower() == ".zip":
-        return list_images(path)
-    if path.is_file():
-        return [str(path)]  # whatever its name: decoding says whether it is an image
-    raise FileNotFoundError(f"{path}: no such file or directory")
+def _sources(item: str) -> list[str]:
+    """The image sources of one input: one stat call, no pathlib, for a file (the common case by far)."""
+    try:
+        mode = os.stat(item).st_mode
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{item}: no such file or directory") from err
+    if stat.S_ISDIR(mode):
+        return sorted(str(p) for p in Path(item).rglob("*") if _is_listed(p) and p.is_file())
+    if item.lower().endswith(".zip"):
+        return list_images(Path(item))
+    return [item]  # whatever its name: decoding says whether it is an image
 
 
 def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:
@@ -61,9 +79,9 @@ def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:
     `id` is the GalaxyID when every file name is numeric (int64), else the file stem (str).
     """
     frames, files = [], []  # consecutive image inputs make one frame: a list of 100,000 files stays quick
-    for item in map(Path, inputs):
-        if item.suffix.lower() in CATALOGUE_SUFFIXES and item.is_file():
-            frames += [pd.DataFrame({"path": files}), _catalogue(item)]
+    for item in map(os.fspath, inputs):
+        if _is_catalogue(item):
+            frames += [pd.DataFrame({"path": files}), _catalogue(Path(item))]
             files = []
         else:
             files += _sources(item)
