@@ -114,7 +114,7 @@ def fresh(measure: str, *args, memory: bool = False) -> dict:
 def naive(run: str, n: int, repeats: int = 3) -> list[float]:
     """images/s of the obvious loop: full-size decode, crop, resize, one image per model call.
 
-    After a warm-up, `repeats` times: on 2 cores its speed varies by up to a quarter from one
+    After a warm-up, `repeats` times: on 2 cores its speed varies by a third or more from one
     pass to the next (torch's two threads at batch 1), and the ratio is taken against the fastest.
     """
     model, cfg = load_run(Path(run))
