@@ -220,7 +220,7 @@ def predict_batches(task: tuple) -> tuple[int, pd.DataFrame]:
     for offset in range(0, len(sources), batch_size):
         _, pixels, errors = decode_batch((start + offset, sources[offset:offset + batch_size], size, fov))
         results.append(predictor.results(pixels, errors, seed=start + offset))
-    return start, pd.concat(results, ignore_index=True) if len(results) > 1 else results[0]
+    return start, pd.concat(results, ignore_index=True)
 
 
 def default_workers(workers: int | None) -> int:
