@@ -8,14 +8,15 @@ over and over to reach --inputs sources, and an untrained model (the weights do
 not change the speed; --run measures a trained run folder instead, on a copy).
 Prints:
   * end to end: JPEG files -> Parquet, images/s, --inputs sources, with each
-    backend (torch, onnx, onnx-int8);
+    backend (torch, onnx, onnx-int8; on a CPU the default, auto, is onnx);
   * the same against a naive loop (PIL full decode, crop, resize, one image per model call),
     its fastest of three passes;
   * inference only: torch vs onnxruntime (float32 and int8) on one decoded batch;
   * peak memory (PSS) of the whole process tree (the run and its workers) for
     --inputs vs --large sources (onnx-int8, the fastest), in runs of their own, as
-    sampling it slows a run: only the input listing should grow (under 1 KB per
-    input), never the pixels or results.
+    sampling it slows a run. These runs read their sources from a catalogue CSV,
+    as a job of millions would: a list of paths given as arguments is held by the
+    caller, ~100 bytes per path, before predict sees it. Nothing should grow.
 Each measurement runs in a fresh process, so that none inherits another's state.
 """
 
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -41,7 +43,8 @@ from zoomorph.data.prepare import DEFAULT_FOV
 from zoomorph.inference import outputs_to_probs, to_input
 from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict
-from zoomorph.predict.engine import BACKENDS, PixelModel, batch_size_for, default_workers, ordered
+from zoomorph.predict.engine import (BACKENDS, PixelModel, batch_size_for, chosen_backend, default_workers,
+                                     ordered)
 from zoomorph.predict.inputs import decode_batch
 from zoomorph.predict.onnx import onnx_forward
 from zoomorph.runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, build_model, load_run, save_weights
@@ -71,9 +74,15 @@ def sources(n: int) -> list[str]:
     return (files * (n // len(files) + 1))[:n]
 
 
-def predict_speed(run: str, n: int, out: str, backend: str, workers: int | None) -> dict:
-    """One predict() call, as a user makes it."""
-    summary = predict(run, sources(n), Path(out), backend=backend, workers=workers, progress=False)
+def catalogue(path: Path, n: int) -> str:
+    pd.DataFrame({"path": sources(n)}).to_csv(path, index=False)
+    return str(path)
+
+
+def predict_speed(run: str, inputs: int | str, out: str, backend: str, workers: int | None) -> dict:
+    """One predict() call, as a user makes it: on that many image files, or on a catalogue of them."""
+    inputs = sources(inputs) if isinstance(inputs, int) else [inputs]
+    summary = predict(run, inputs, Path(out), backend=backend, workers=workers, progress=False)
     return {"images_per_s": summary.images_per_s, "total": summary.total, "errors": summary.errors}
 
 
@@ -202,8 +211,8 @@ def main() -> None:
         runs = {backend: fresh("predict_speed", str(run), args.inputs, str(Path(tmp) / f"{backend}.parquet"),
                                backend, args.workers)
                 for backend in BACKENDS}
-        peaks = {n: fresh("predict_speed", str(run), n, str(Path(tmp) / f"memory-{n}.parquet"), "onnx-int8",
-                          args.workers, memory=True)
+        peaks = {n: fresh("predict_speed", str(run), catalogue(Path(tmp) / f"memory-{n}.csv", n),
+                          str(Path(tmp) / f"memory-{n}.parquet"), "onnx-int8", args.workers, memory=True)
                  for n in (args.inputs, args.large)}
         loops = fresh("naive", str(run), args.naive)["result"]
         decoding = fresh("decode_only", str(run), args.inputs)["result"]
@@ -213,7 +222,8 @@ def main() -> None:
     loop = max(loops)
     for backend, r in runs.items():
         print(f"end to end, {backend:9} backend, {args.inputs:,} inputs: {speed[backend]:5.0f} img/s  "
-              f"({r['seconds']:.0f} s wall, {r['result']['errors']} errors)")
+              f"({r['seconds']:.0f} s wall, {r['result']['errors']} errors)"
+              + ("  <- the default here (auto)" if backend == chosen_backend("auto", "local", 0) else ""))
     print(f"decoding only, all cores: {decoding:.0f} img/s")
     print(f"naive loop ({args.naive} images, {len(loops)} passes): {', '.join(f'{r:.0f}' for r in loops)} img/s; "
           f"against the fastest, predict is "
@@ -222,7 +232,8 @@ def main() -> None:
           + f" -> onnxruntime {inference['onnx'] / inference['torch']:.2f}x torch, "
             f"int8 {inference['onnx-int8'] / inference['torch']:.2f}x torch")
     small, large = peaks[args.inputs], peaks[args.large]
-    print(f"peak memory (PSS) of the process tree, onnx-int8: {large['peak_mb']:.0f} MB for {args.large:,} inputs "
+    print(f"peak memory (PSS) of the process tree, onnx-int8, sources from a catalogue: "
+          f"{large['peak_mb']:.0f} MB for {args.large:,} inputs "
           f"vs {small['peak_mb']:.0f} MB for {args.inputs:,} ({large['peak_mb'] / small['peak_mb']:.2f}x; "
           f"{large['result']['images_per_s']:.0f} and {small['result']['images_per_s']:.0f} img/s while sampled)")
 

@@ -11,7 +11,7 @@ import pytest
 from predict_toys import make_run, toy_model, write_images
 
 from zoomorph import runs
-from zoomorph.predict import export_onnx, predict
+from zoomorph.predict import export_onnx, onnx, predict
 
 pytestmark = pytest.mark.slow  # each export traces the model with torch.export (~5 s)
 
@@ -44,7 +44,7 @@ def test_onnx_backend_matches_torch(tmp_path, head):
     images = write_images(tmp_path / "images", range(500, 530))
     (tmp_path / "images" / "531.jpg").write_text("broken")
     torch_out = pd.read_parquet(predict(run, [tmp_path / "images"], tmp_path / "torch.parquet", tta=True,
-                                        workers=0, progress=False).out)
+                                        backend="torch", workers=0, progress=False).out)
     onnx_out = pd.read_parquet(predict(run, [tmp_path / "images"], tmp_path / "onnx.parquet", tta=True,
                                        backend="onnx", workers=0, progress=False).out)
     assert (run / "model.onnx").exists() and len(onnx_out) == len(images) + 1
@@ -62,3 +62,24 @@ def test_stale_export_is_redone_and_mc_dropout_refused(tmp_path):
     assert not np.allclose(first["p_spiral"], second["p_spiral"])
     with pytest.raises(ValueError, match="backend='torch'"):
         predict(run, images, tmp_path / "c.parquet", backend="onnx", mc_samples=4, progress=False)
+
+
+def test_auto_backend_is_onnx_on_a_cpu_torch_for_mc_dropout_and_when_export_fails(tmp_path, monkeypatch):
+    run = make_run(tmp_path, "toy-spatial")
+    images = write_images(tmp_path / "images", range(20))
+    exact = pd.read_parquet(predict(run, images, tmp_path / "t.parquet", backend="torch", progress=False).out)
+    auto = predict(run, images, tmp_path / "a.parquet", workers=0, progress=False)
+    assert auto.backend == "onnx" and (run / "model.onnx").exists()
+    np.testing.assert_allclose(pd.read_parquet(auto.out)["p_spiral"], exact["p_spiral"], atol=1e-4)
+    assert predict(run, images, tmp_path / "m.parquet", mc_samples=2, progress=False).backend == "torch"
+
+    def no_export(*args, **kwargs):
+        raise PermissionError(f"{run}: read-only")
+
+    monkeypatch.setattr(onnx, "exported", no_export)
+    with pytest.warns(UserWarning, match="read-only.*predicting with torch"):
+        fallback = predict(run, images, tmp_path / "f.parquet", workers=0, progress=False)
+    assert fallback.backend == "torch"
+    pd.testing.assert_frame_equal(pd.read_parquet(fallback.out), exact)
+    with pytest.raises(PermissionError, match="read-only"):  # asked for by name: no quiet fallback
+        predict(run, images, tmp_path / "o.parquet", backend="onnx", progress=False)

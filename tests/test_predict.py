@@ -100,7 +100,9 @@ def test_ids_are_galaxy_ids_when_numeric_else_stems(tmp_path, images):
     with pytest.raises(ValueError, match="numeric GalaxyIDs"):
         predict(make_run(tmp_path, head="votes"), [tmp_path / "named"], tmp_path / "k.csv", format="kaggle",
                 progress=False)
-    assert run.exists()
+    with pytest.raises(FileNotFoundError, match="nope.jpg: no such file"):
+        predict(run, [images[0], tmp_path / "nope.jpg"], tmp_path / "m.parquet", progress=False)
+    assert not list(tmp_path.glob("*.parts"))  # refused before anything was written
 
 
 def test_zip_read_in_place(tmp_path, images):

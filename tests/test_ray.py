@@ -12,7 +12,7 @@ import torch
 from predict_toys import CLASSES, write_images
 
 from zoomorph import runs
-from zoomorph.predict import predict
+from zoomorph.predict import predict, ray_engine
 from zoomorph.runs import RunConfig
 
 
@@ -21,7 +21,7 @@ def test_predict_imports_and_explains_without_ray(tmp_path):
     code = ("import sys; sys.modules['ray'] = None\n"
             "import zoomorph.predict.engine\n"
             "from zoomorph.predict.ray_engine import ray_results\n"
-            "try:\n    next(ray_results(None, [], [], batch_size=1, actors=None, ray_address=None,"
+            "try:\n    next(ray_results(None, [], batch_size=1, actors=None, ray_address=None,"
             " predictor_options={}))\n"
             "except ImportError as err:\n    print(err)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -30,7 +30,7 @@ def test_predict_imports_and_explains_without_ray(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its settings
-def test_ray_engine_equals_local_engine(tmp_path):
+def test_ray_engine_equals_local_engine(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     images = tmp_path / "images"
     write_images(images, range(300000, 300300))
@@ -42,11 +42,12 @@ def test_ray_engine_equals_local_engine(tmp_path):
     runs.save_weights(run, runs.build_model(cfg))
 
     local = pd.read_parquet(predict(run, [images], tmp_path / "local.parquet", chunk_size=128, batch_size=64,
-                                    workers=0, progress=False).out)
+                                    backend="torch", workers=0, progress=False).out)
+    monkeypatch.setattr(ray_engine, "CHUNKS_PER_DATASET", 2)  # the 3 chunks go to Ray in two datasets
     summary = predict(run, [images], tmp_path / "ray.parquet", engine="ray", chunk_size=128, batch_size=64,
                       progress=False)
     distributed = pd.read_parquet(summary.out)
-    assert summary.total == 301 and summary.errors == 1
+    assert summary.total == 301 and summary.errors == 1 and summary.backend == "torch"  # auto, on Ray
     assert distributed["id"].tolist() == local["id"].tolist()
     assert distributed["error"].tolist() == local["error"].tolist()
     probabilities = [f"p_{c}" for c in CLASSES]

@@ -241,8 +241,9 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
             inputs: list[str] = typer.Argument(..., help="images, folders, zips, catalogue CSV/Parquet, FITS"),
             out: Path = typer.Option(..., "--out", "-o", help="output .parquet or .csv"),
             format: str = typer.Option("parquet", help="parquet | csv | kaggle (votes runs: the submission file)"),
-            backend: str = typer.Option("torch", help="torch | onnx (onnxruntime, same outputs, faster on CPU) | "
-                                                     "onnx-int8 (quantised, fastest on CPU)"),
+            backend: str = typer.Option("auto", help="auto (onnx on a CPU, else torch) | torch | onnx "
+                                                    "(onnxruntime, same outputs, faster on CPU) | "
+                                                    "onnx-int8 (quantised, fastest on CPU)"),
             engine: str = typer.Option("local", help="local | ray (pip install zoomorph[ray])"),
             tta: bool = typer.Option(False, help="average over the 8 rotations/flips"),
             mc_samples: int = typer.Option(0, help="Monte-Carlo dropout samples (>= 2) for uncertainty"),
@@ -264,7 +265,7 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
         _fail(err)
     console.print(f"{summary.total:,} inputs -> {summary.out}: {summary.ok:,} classified, "
                   f"{summary.errors:,} unreadable (see the error column); "
-                  f"{summary.predicted:,} done now at {summary.images_per_s:,.0f} images/s")
+                  f"{summary.predicted:,} done now at {summary.images_per_s:,.0f} images/s ({summary.backend})")
 
 
 @app.command()

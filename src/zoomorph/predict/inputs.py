@@ -1,10 +1,12 @@
-"""What to classify: the inputs expanded into one ordered listing, and how a batch of it is decoded.
+"""What to classify: the inputs expanded into one ordered listing, chunk by chunk, and how a batch of it is decoded.
 
 An input is an image file, a FITS cutout, a directory (searched recursively),
 a zip archive (read in place, e.g. the Kaggle test zip) or a catalogue
 CSV/Parquet with a path column: its other columns are carried through to the
 output, and relative paths are read from the catalogue's folder. The listing
-has one row per image source, in the order the inputs were given.
+has one row per image source, in the order the inputs were given. It comes in
+chunks, so that listing a catalogue of millions never holds it whole: a
+directory is walked one folder at a time, a catalogue read a chunk at a time.
 
 This module imports no torch: decoding workers start from it.
 """
@@ -14,9 +16,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from zoomorph.data.images import IMAGE_SUFFIXES, ZIP_SEP, ImageError, list_images, load
 from zoomorph.predict.fits import is_fits, load_fits
@@ -41,57 +46,126 @@ def source_id(source: str) -> str:
     return _stem(stem) if name.lower().endswith(".gz") else stem
 
 
-def _is_listed(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES or is_fits(path.name)
+def _is_listed(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES or is_fits(name)
 
 
 def _is_catalogue(item: str) -> bool:
     return item.lower().endswith(CATALOGUE_SUFFIXES) and os.path.isfile(item)
 
 
-def _catalogue(path: Path) -> pd.DataFrame:
-    table = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
-    column = next((c for c in PATH_COLUMNS if c in table.columns), None)
-    if column is None:
-        raise ValueError(f"{path}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
-    given = table.pop(column)
-    # A row without a path stays, with an empty source: it becomes an error row.
-    sources = [str(path.parent / p) if isinstance(p, str) and p.strip() else "" for p in given]
-    return table.assign(path=sources)
+def _walk(folder: str) -> Iterator[str]:
+    """The image files under `folder`, recursively, in the order of their sorted path strings; one
+    folder's entries in memory at a time. A subfolder sorts as "name/", as it does inside full paths."""
+    with os.scandir(folder) as entries:
+        keyed = sorted((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in entries)
+    for key, entry in keyed:
+        if key.endswith("/"):
+            yield from _walk(entry.path)
+        elif _is_listed(entry.name) and entry.is_file():
+            yield entry.path
 
 
-def _sources(item: str) -> list[str]:
+def _sources(item: str) -> Iterator[str]:
     """The image sources of one input: one stat call, no pathlib, for a file (the common case by far)."""
     try:
         mode = os.stat(item).st_mode
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{item}: no such file or directory") from err
     if stat.S_ISDIR(mode):
-        return sorted(str(p) for p in Path(item).rglob("*") if _is_listed(p) and p.is_file())
-    if item.lower().endswith(".zip"):
-        return list_images(Path(item))
-    return [item]  # whatever its name: decoding says whether it is an image
+        yield from _walk(item)
+    elif item.lower().endswith(".zip"):
+        yield from list_images(Path(item))  # a zip's names are in its central directory, read whole anyway
+    else:
+        yield item  # whatever its name: decoding says whether it is an image
+
+
+def _catalogue(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """A catalogue in frames of `chunk_size` rows: its path column as `path`, relative to its folder."""
+    try:
+        yield from _catalogue_frames(path, chunk_size)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, UnicodeDecodeError) as err:
+        # a malformed row stops the run with the file named: dropping it would lose an input unseen
+        raise ValueError(f"{path}: cannot read this catalogue ({type(err).__name__}: {err})") from err
+
+
+def _catalogue_frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
+    if path.lower().endswith(".csv"):
+        frames = pd.read_csv(path, chunksize=chunk_size)
+        columns = pd.read_csv(path, nrows=0).columns
+    else:
+        parquet = pq.ParquetFile(path)
+        frames = (batch.to_pandas() for batch in parquet.iter_batches(batch_size=chunk_size))
+        columns = parquet.schema_arrow.names
+    column = next((c for c in PATH_COLUMNS if c in columns), None)
+    if column is None:
+        raise ValueError(f"{path}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
+    folder = os.path.dirname(path)
+    for table in frames:
+        given = table.pop(column)
+        table = table.rename(columns={"id": "input_id"})  # `id` is the listing's own column
+        # A row without a path stays, with an empty source: it becomes an error row.
+        yield table.assign(path=[os.path.join(folder, p) if isinstance(p, str) and p.strip() else ""
+                                 for p in given])
+
+
+def _pieces(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataFrame]:
+    """The listing in pieces of at most `chunk_size` rows: runs of image inputs, catalogue frames."""
+    files: list[str] = []
+    for item in map(os.fspath, inputs):
+        if _is_catalogue(item):
+            if files:
+                yield pd.DataFrame({"path": files})
+                files = []
+            yield from _catalogue(item, chunk_size)
+            continue
+        for source in _sources(item):
+            files.append(source)
+            if len(files) == chunk_size:
+                yield pd.DataFrame({"path": files})
+                files = []
+    if files:
+        yield pd.DataFrame({"path": files})
+
+
+def iter_listing(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataFrame]:
+    """The listing in frames of exactly `chunk_size` rows (the last one fewer): id (the file stem, str),
+    path, then any catalogue columns. Raises if there are no images at all."""
+    pending: list[pd.DataFrame] = []
+    held = chunks = 0
+    for piece in _pieces(inputs, chunk_size):
+        pending.append(piece)
+        held += len(piece)
+        while held >= chunk_size:
+            joined = pd.concat(pending, ignore_index=True)
+            yield _with_ids(joined.iloc[:chunk_size])
+            pending, held, chunks = [joined.iloc[chunk_size:]], held - chunk_size, chunks + 1
+    if held:
+        yield _with_ids(pd.concat(pending, ignore_index=True))
+    elif not chunks:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+
+
+def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.reset_index(drop=True)
+    frame.insert(0, "id", frame["path"].map(source_id).astype(str))
+    return frame[["id", "path"] + [c for c in frame.columns if c not in ("id", "path")]]
+
+
+def numeric_ids(ids: pd.Series) -> bool:
+    """File names that are all numbers are GalaxyIDs."""
+    return bool(ids.str.fullmatch(r"\d+").all())
 
 
 def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:
-    """One row per image source, in input order: id, path, then any catalogue columns.
+    """The whole listing in one frame, for small input sets (predict() streams it instead).
 
     `id` is the GalaxyID when every file name is numeric (int64), else the file stem (str).
     """
-    frames, files = [], []  # consecutive image inputs make one frame: a list of 100,000 files stays quick
-    for item in map(os.fspath, inputs):
-        if _is_catalogue(item):
-            frames += [pd.DataFrame({"path": files}), _catalogue(Path(item))]
-            files = []
-        else:
-            files += _sources(item)
-    listing = pd.concat([*frames, pd.DataFrame({"path": files})], ignore_index=True)
-    if listing.empty:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
-    ids = listing["path"].map(source_id)
-    numeric = ids.str.fullmatch(r"\d+").all()
-    listing.insert(0, "id", ids.astype("int64") if numeric else ids.astype(str))
-    return listing[["id", "path"] + [c for c in listing.columns if c not in ("id", "path")]]
+    listing = pd.concat(iter_listing(inputs, chunk_size=65536), ignore_index=True)
+    if numeric_ids(listing["id"]):
+        listing["id"] = listing["id"].astype("int64")
+    return listing
 
 
 def read_image(source: str, size: int, fov: int) -> np.ndarray:

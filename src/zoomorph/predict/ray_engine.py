@@ -1,6 +1,7 @@
 """The Ray engine: the local engine's work spread over a Ray cluster (docs/scaling-out.md).
 
-    sources (blocks of one output chunk) -> decode: map_batches tasks on CPUs
+    sources (blocks of one output chunk, CHUNKS_PER_DATASET chunks per dataset)
+      -> decode: map_batches tasks on CPUs
       -> infer: map_batches on an actor pool (one actor per GPU, or CPU actors)
       -> result rows stream back to the driver in input order -> writers.PartWriter
 
@@ -13,9 +14,10 @@ an optional dependency, imported only here.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,8 @@ from zoomorph.predict.inputs import decode_batch
 from zoomorph.runs import RunConfig
 
 LOCAL_CPUS = 2  # a local Ray instance stays small: it shares the machine with everything else
+# The listing goes to Ray a few hundred thousand rows at a time, so the driver never holds it whole.
+CHUNKS_PER_DATASET = 64
 
 
 def _decode(batch: dict[str, np.ndarray], size: int, fov: int) -> dict[str, np.ndarray]:
@@ -47,10 +51,10 @@ class _Infer:
         return results.assign(row=batch["row"])
 
 
-def ray_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]], *, batch_size: int | None,
+def ray_results(run_dir: Path, chunks: Iterable[tuple[int, list[str]]], *, batch_size: int | None,
                 actors: int | None, ray_address: str | None,
                 predictor_options: dict) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
-    """(listing rows, result rows) for the rows in `spans`, in order, computed on Ray.
+    """(listing rows, result rows) for `chunks` ((first row, sources) each), in order, computed on Ray.
 
     `actors`: inference actors; by default one per GPU in the cluster, else one.
     """
@@ -72,16 +76,18 @@ def ray_results(run_dir: Path, sources: list[str], spans: list[tuple[int, int]],
         cfg = RunConfig.load(run_dir)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         batch_size = batch_size or batch_size_for(cuda=gpus > 0)
-        blocks = [pd.DataFrame({"row": np.arange(start, stop), "source": sources[start:stop]})
-                  for start, stop in spans]
-        ds = (ray.data.from_pandas(blocks)
-              .map_batches(_decode, fn_kwargs=dict(size=cfg.image_size, fov=cfg.fov), batch_size=batch_size,
-                           batch_format="numpy")
-              .map_batches(_Infer, fn_constructor_kwargs=dict(run_dir=str(run_dir), options=predictor_options),
-                           batch_size=batch_size, batch_format="numpy", concurrency=actors or max(gpus, 1),
-                           num_gpus=1 if gpus else 0))
-        for results in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            yield results.pop("row").to_numpy(), results
+        chunks = iter(chunks)
+        while group := list(itertools.islice(chunks, CHUNKS_PER_DATASET)):
+            blocks = [pd.DataFrame({"row": np.arange(start, start + len(sources)), "source": sources})
+                      for start, sources in group]
+            ds = (ray.data.from_pandas(blocks)
+                  .map_batches(_decode, fn_kwargs=dict(size=cfg.image_size, fov=cfg.fov), batch_size=batch_size,
+                               batch_format="numpy")
+                  .map_batches(_Infer, fn_constructor_kwargs=dict(run_dir=str(run_dir), options=predictor_options),
+                               batch_size=batch_size, batch_format="numpy", concurrency=actors or max(gpus, 1),
+                               num_gpus=1 if gpus else 0))
+            for results in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                yield results.pop("row").to_numpy(), results
     finally:
         if started_here:
             ray.shutdown()

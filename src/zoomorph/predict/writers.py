@@ -1,6 +1,7 @@
 """The output, written in parts as prediction goes, so that a killed run resumes where it stopped.
 
     OUT.parts/manifest.json      fingerprint of the input listing and the settings
+    OUT.parts/listing-*.parquet  the input listing, chunk by chunk (listing.py)
     OUT.parts/part-00000.parquet rows [0, C) of the output, C = chunk size
     OUT.parts/part-00001.parquet rows [C, 2C) ...
 
@@ -24,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from zoomorph.predict.listing import Listing
 from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN
 
 FORMATS = ("parquet", "csv", "kaggle")
@@ -44,15 +46,12 @@ def _replace_atomically(write, target: Path) -> None:
 class PartWriter:
     """Collects result rows by chunk and writes each chunk as a part once all its rows arrived."""
 
-    def __init__(self, out: Path, listing: pd.DataFrame, result_schema: pa.Schema, chunk_size: int,
-                 fingerprint: str):
-        self.out, self.listing, self.chunk_size = Path(out), listing, chunk_size
-        listing_schema = pa.Schema.from_pandas(listing, preserve_index=False).remove_metadata()
-        self.schema = pa.unify_schemas([listing_schema, result_schema])  # one schema for every part
+    def __init__(self, out: Path, listing: Listing, result_schema: pa.Schema, fingerprint: str):
+        self.out, self.listing, self.result_schema = Path(out), listing, result_schema
+        self.schema = pa.schema([*listing.schema, *result_schema])  # one schema for every part
         self.dir = parts_dir(self.out)
-        self.n_chunks = -(-len(listing) // chunk_size)
         self._buffers: dict[int, list[tuple[np.ndarray, pd.DataFrame]]] = {}
-        self._check_manifest({"fingerprint": fingerprint, "rows": len(listing), "chunk_size": chunk_size})
+        self._check_manifest({"fingerprint": fingerprint, "rows": listing.rows, "chunk_size": listing.chunk_size})
 
     def _check_manifest(self, manifest: dict) -> None:
         path = self.dir / MANIFEST
@@ -69,21 +68,18 @@ class PartWriter:
     def part_path(self, chunk: int) -> Path:
         return self.dir / f"part-{chunk:05d}.parquet"
 
-    def chunk_rows(self, chunk: int) -> tuple[int, int]:
-        return chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, len(self.listing))
-
     def pending(self) -> list[int]:
         """Chunks not yet on disk, in order."""
-        return [k for k in range(self.n_chunks) if not self.part_path(k).exists()]
+        return [k for k in range(self.listing.n_chunks) if not self.part_path(k).exists()]
 
     def add(self, rows: np.ndarray, results: pd.DataFrame) -> None:
         """Result rows for listing rows `rows` (any order, any chunks); full chunks are written at once."""
-        chunk_of = rows // self.chunk_size
+        chunk_of = rows // self.listing.chunk_size
         for chunk in np.unique(chunk_of):
             mine = chunk_of == chunk
             buffer = self._buffers.setdefault(int(chunk), [])
             buffer.append((rows[mine], results[mine]))
-            start, stop = self.chunk_rows(int(chunk))
+            start, stop = self.listing.chunk_rows(int(chunk))
             if sum(len(r) for r, _ in buffer) == stop - start:
                 self._write(int(chunk))
 
@@ -91,12 +87,12 @@ class PartWriter:
         pieces = self._buffers.pop(chunk)
         rows = np.concatenate([r for r, _ in pieces])
         order = np.argsort(rows, kind="stable")
-        start, stop = self.chunk_rows(chunk)
+        start, stop = self.listing.chunk_rows(chunk)
         if not np.array_equal(rows[order], np.arange(start, stop)):
             raise RuntimeError(f"chunk {chunk}: got rows other than each of {start}..{stop - 1} once")
         results = pd.concat([f for _, f in pieces], ignore_index=True).iloc[order].reset_index(drop=True)
-        part = pd.concat([self.listing.iloc[start:stop].reset_index(drop=True), results], axis=1)
-        table = pa.Table.from_pandas(part, schema=self.schema, preserve_index=False)
+        results = pa.Table.from_pandas(results, schema=self.result_schema, preserve_index=False)
+        table = pa.Table.from_arrays([*self.listing.chunk(chunk).columns, *results.columns], schema=self.schema)
         _replace_atomically(lambda tmp: pq.write_table(table, tmp), self.part_path(chunk))
 
     def finish(self, fmt: str) -> tuple[int, int]:
@@ -104,7 +100,7 @@ class PartWriter:
         missing = self.pending()
         if missing:
             raise RuntimeError(f"cannot assemble {self.out}: parts {missing[:5]}... are missing")
-        parts = [self.part_path(k) for k in range(self.n_chunks)]
+        parts = [self.part_path(k) for k in range(self.listing.n_chunks)]
         counts = _assemble(parts, self.out, fmt, self.schema)
         shutil.rmtree(self.dir)
         return counts

@@ -1,0 +1,122 @@
+"""The input listing on disk, so that predict's memory does not grow with the input count.
+
+    OUT.parts/listing-00000.parquet   id, path and catalogue columns of rows [0, C), C = chunk size
+    OUT.parts/listing-00001.parquet   rows [C, 2C) ...
+
+`Listing.scan` expands the inputs chunk by chunk (inputs.iter_listing) into
+these files, digesting them as it goes; prediction then reads back one chunk's
+sources, and the writer one chunk's columns, at a time. Every call rescans and
+rewrites the files before reading any of them, so a file torn by a kill is
+never read, and a resumed run predicts exactly the listing it fingerprinted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zoomorph.predict.inputs import iter_listing, numeric_ids
+
+
+@dataclass(frozen=True)
+class Listing:
+    folder: Path
+    chunk_size: int
+    rows: int
+    schema: pa.Schema  # one for every chunk: id is int64 when every id is numeric, else string
+    digest: str  # sha256 over every chunk's column names and values, in order
+    not_numeric: str | None  # the first id that is not a number; None when they are GalaxyIDs
+
+    @classmethod
+    def scan(cls, inputs: list, folder: Path, chunk_size: int, reserved: frozenset[str] = frozenset(),
+             check: Callable[[Listing], None] | None = None) -> Listing:
+        """Expand `inputs` into `folder`; catalogue columns named like one in `reserved` get an input_ prefix.
+
+        A scan that fails (a missing input, a catalogue without a path column, `check` raising) removes
+        the folder if it made it.
+        """
+        made = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            listing = cls._scan(inputs, folder, chunk_size, reserved)
+            if check:
+                check(listing)
+            return listing
+        except BaseException:
+            if made:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _scan(cls, inputs: list, folder: Path, chunk_size: int, reserved: frozenset[str]) -> Listing:
+        digest, schemas, rows, not_numeric = hashlib.sha256(), [], 0, None
+        for k, frame in enumerate(iter_listing(inputs, chunk_size)):
+            frame = frame.rename(columns={c: f"input_{c}" for c in frame.columns[2:] if c in reserved})
+            digest.update(json.dumps(list(map(str, frame.columns))).encode())
+            digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+            if not_numeric is None and not numeric_ids(frame["id"]):
+                not_numeric = frame["id"][~frame["id"].str.fullmatch(r"\d+")].iloc[0]
+            table = _to_arrow(frame)
+            pq.write_table(table, _chunk_path(folder, k))
+            schemas.append(table.schema)
+            rows += len(frame)
+        schema = _unify(schemas)
+        if not_numeric is None:
+            schema = schema.set(0, pa.field("id", pa.int64()))
+        return cls(folder, chunk_size, rows, schema, digest.hexdigest(), not_numeric)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.rows // self.chunk_size)
+
+    def chunk_rows(self, k: int) -> tuple[int, int]:
+        return k * self.chunk_size, min((k + 1) * self.chunk_size, self.rows)
+
+    def sources(self, k: int) -> list[str]:
+        return pq.read_table(_chunk_path(self.folder, k), columns=["path"])["path"].to_pylist()
+
+    def chunk(self, k: int) -> pa.Table:
+        """Chunk k's listing columns in the common schema (a column its inputs lack is null)."""
+        table = pq.read_table(_chunk_path(self.folder, k))
+        columns = [table[f.name] if f.name in table.column_names else pa.nulls(len(table), f.type)
+                   for f in self.schema]
+        return pa.Table.from_arrays(columns, names=self.schema.names).cast(self.schema)
+
+
+def _chunk_path(folder: Path, k: int) -> Path:
+    return folder / f"listing-{k:05d}.parquet"
+
+
+def _to_arrow(frame: pd.DataFrame) -> pa.Table:
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers and text in one column, e.g. from two catalogues
+        mixed = [c for c in frame.columns if frame[c].dtype == object]
+        text = frame.assign(**{c: frame[c].where(frame[c].isna(), frame[c].astype(str)) for c in mixed})
+        table = pa.Table.from_pandas(text, preserve_index=False)
+    return table.replace_schema_metadata()
+
+
+def _unify(schemas: list[pa.Schema]) -> pa.Schema:
+    """The chunks' schemas as one, in order of first appearance; types widen (int -> float, null -> any)
+    and a column whose chunks disagree otherwise (numbers here, text there) becomes text."""
+    types: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        for field in schema:
+            types.setdefault(field.name, []).append(field.type)
+    fields = []
+    for name, kinds in types.items():
+        try:
+            fields.append(pa.unify_schemas([pa.schema([(name, t)]) for t in kinds],
+                                           promote_options="permissive").field(0))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            fields.append(pa.field(name, pa.string()))
+    return pa.schema(fields)
