@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -46,9 +48,26 @@ def galaxy_id_from_name(name: str) -> int | None:
     return int(stem) if re.fullmatch(r"\d+", stem) else None
 
 
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def walk_files(root: str, keep: Callable[[str], bool] = is_image_name) -> Iterator[str]:
+    """The files under `root` whose names `keep` accepts, recursively, in the order of their sorted path
+    strings, with one folder's entries in memory at a time (a subfolder sorts as "name/", as it does
+    inside a path). Symbolic links to folders are not followed, as in pathlib's rglob."""
+    with os.scandir(root) as entries:
+        keyed = sorted((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in entries)
+    for key, entry in keyed:
+        if key.endswith("/"):
+            yield from walk_files(entry.path, keep)
+        elif keep(entry.name) and entry.is_file():
+            yield entry.path
+
+
 def list_directory(root: Path) -> list[str]:
     """Every image file under `root` (recursive), sorted for reproducibility."""
-    return sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return list(walk_files(str(root)))
 
 
 def list_zip(archive: Path) -> list[str]:

@@ -312,7 +312,7 @@ def _fingerprint(run_dir: Path, listing: Listing, settings: dict) -> str:
 
 def chosen_backend(backend: str, engine: str, mc_samples: int) -> str:
     """What "auto" runs: the float32 ONNX graph on a CPU (the same probabilities as torch within 1e-4,
-    1.6-1.8x as fast end to end); torch on a GPU, for MC dropout (the graphs are exported in eval mode)
+    1.4-1.8x as fast end to end); torch on a GPU, for MC dropout (the graphs are exported in eval mode)
     and on Ray (whose actors may hold GPUs)."""
     if backend != "auto":
         return backend

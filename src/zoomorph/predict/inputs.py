@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zoomorph.data.images import IMAGE_SUFFIXES, ZIP_SEP, ImageError, list_images, load
+from zoomorph.data.images import ZIP_SEP, ImageError, is_image_name, list_images, load, walk_files
 from zoomorph.predict.fits import is_fits, load_fits
 
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -47,23 +47,11 @@ def source_id(source: str) -> str:
 
 
 def _is_listed(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES or is_fits(name)
+    return is_image_name(name) or is_fits(name)
 
 
 def _is_catalogue(item: str) -> bool:
     return item.lower().endswith(CATALOGUE_SUFFIXES) and os.path.isfile(item)
-
-
-def _walk(folder: str) -> Iterator[str]:
-    """The image files under `folder`, recursively, in the order of their sorted path strings; one
-    folder's entries in memory at a time. A subfolder sorts as "name/", as it does inside full paths."""
-    with os.scandir(folder) as entries:
-        keyed = sorted((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in entries)
-    for key, entry in keyed:
-        if key.endswith("/"):
-            yield from _walk(entry.path)
-        elif _is_listed(entry.name) and entry.is_file():
-            yield entry.path
 
 
 def _sources(item: str) -> Iterator[str]:
@@ -73,7 +61,7 @@ def _sources(item: str) -> Iterator[str]:
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{item}: no such file or directory") from err
     if stat.S_ISDIR(mode):
-        yield from _walk(item)
+        yield from walk_files(item, _is_listed)  # one folder in memory at a time
     elif item.lower().endswith(".zip"):
         yield from list_images(Path(item))  # a zip's names are in its central directory, read whole anyway
     else:
@@ -152,9 +140,10 @@ def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[["id", "path"] + [c for c in frame.columns if c not in ("id", "path")]]
 
 
-def numeric_ids(ids: pd.Series) -> bool:
-    """File names that are all numbers are GalaxyIDs."""
-    return bool(ids.str.fullmatch(r"\d+").all())
+def first_non_numeric(ids: pd.Series) -> str | None:
+    """The first id that is not a number; None when all are GalaxyIDs."""
+    other = ids[~ids.str.fullmatch(r"\d+")]
+    return other.iloc[0] if len(other) else None
 
 
 def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:
@@ -163,7 +152,7 @@ def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:
     `id` is the GalaxyID when every file name is numeric (int64), else the file stem (str).
     """
     listing = pd.concat(iter_listing(inputs, chunk_size=65536), ignore_index=True)
-    if numeric_ids(listing["id"]):
+    if first_non_numeric(listing["id"]) is None:
         listing["id"] = listing["id"].astype("int64")
     return listing
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zoomorph.predict.inputs import iter_listing, numeric_ids
+from zoomorph.predict.inputs import first_non_numeric, iter_listing
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class Listing:
             frame = frame.rename(columns={c: f"input_{c}" for c in frame.columns[2:] if c in reserved})
             digest.update(json.dumps(list(map(str, frame.columns))).encode())
             digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-            if not_numeric is None and not numeric_ids(frame["id"]):
-                not_numeric = frame["id"][~frame["id"].str.fullmatch(r"\d+")].iloc[0]
+            if not_numeric is None:
+                not_numeric = first_non_numeric(frame["id"])
             table = _to_arrow(frame)
             pq.write_table(table, _chunk_path(folder, k))
             schemas.append(table.schema)
