@@ -74,7 +74,7 @@ def _catalogue(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
         yield from _catalogue_frames(path, chunk_size)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, UnicodeDecodeError) as err:
         # a malformed row stops the run with the file named: dropping it would lose an input unseen
-        raise ValueError(f"{path}: cannot read this catalogue ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{path}: cannot read this catalogue ({type(err).__name__}: {str(err).strip()})") from err
 
 
 def _catalogue_frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
