@@ -64,12 +64,15 @@ def test_stale_export_is_redone_and_mc_dropout_refused(tmp_path):
         predict(run, images, tmp_path / "c.parquet", backend="onnx", mc_samples=4, progress=False)
 
 
-def test_auto_backend_is_onnx_on_a_cpu_torch_for_mc_dropout_and_when_export_fails(tmp_path, monkeypatch):
+def test_auto_backend_is_onnx_on_a_cpu_torch_for_mc_dropout_and_when_export_fails(tmp_path, monkeypatch, capsys):
     run = make_run(tmp_path, "toy-spatial")
     images = write_images(tmp_path / "images", range(20))
     exact = pd.read_parquet(predict(run, images, tmp_path / "t.parquet", backend="torch", progress=False).out)
-    auto = predict(run, images, tmp_path / "a.parquet", workers=0, progress=False)
+    auto = predict(run, images, tmp_path / "a.parquet", workers=0)
     assert auto.backend == "onnx" and (run / "model.onnx").exists()
+    assert "exporting" in capsys.readouterr().out  # the first call says why it pauses
+    predict(run, images, tmp_path / "b.parquet", workers=0)
+    assert "exporting" not in capsys.readouterr().out  # later ones reuse the graph
     np.testing.assert_allclose(pd.read_parquet(auto.out)["p_spiral"], exact["p_spiral"], atol=1e-4)
     assert predict(run, images, tmp_path / "m.parquet", mc_samples=2, progress=False).backend == "torch"
 

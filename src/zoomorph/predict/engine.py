@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
@@ -319,7 +320,7 @@ def chosen_backend(backend: str, engine: str, mc_samples: int) -> str:
     return "torch" if mc_samples or engine == "ray" or torch.cuda.is_available() else "onnx"
 
 
-def _graph_digest(run_dir: Path, backend: str, auto: bool) -> str | None:
+def _graph_digest(run_dir: Path, backend: str, auto: bool, progress: bool) -> str | None:
     """Export the graph once, here, before any worker or actor starts; its sha256 (None: use torch).
 
     Only for "auto" does a graph that cannot be made (a read-only run folder, an op the exporter
@@ -327,7 +328,7 @@ def _graph_digest(run_dir: Path, backend: str, auto: bool) -> str | None:
     from zoomorph.predict.onnx import exported
 
     try:
-        graph = exported(run_dir, int8=backend == "onnx-int8")
+        graph = exported(run_dir, int8=backend == "onnx-int8", say=Console().print if progress else None)
     except Exception as err:  # noqa: BLE001 (any export failure: torch still serves the model as trained)
         if not auto:
             raise
@@ -351,7 +352,7 @@ def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str =
     cfg = RunConfig.load(run_dir)
     auto, backend = backend == "auto", chosen_backend(backend, engine, mc_samples)
     _check(cfg, format, backend, engine, mc_samples, preset)
-    graph = _graph_digest(run_dir, backend, auto) if backend != "torch" else None
+    graph = _graph_digest(run_dir, backend, auto, progress) if backend != "torch" else None
     if graph is None:  # torch asked for, chosen, or fallen back to
         backend = "torch"
     columns = output_columns(cfg, preset, mc_samples)

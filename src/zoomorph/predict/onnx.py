@@ -117,13 +117,16 @@ def _is_current(path: Path, run_dir: Path, int8: bool) -> bool:
     return meta.get("weights_sha256") == weights_digest(run_dir) and (not int8 or "quantization" in meta)
 
 
-def exported(run_dir: Path, int8: bool = False) -> Path:
-    """RUN/model.onnx (or model.int8.onnx), (re-)exported first when missing or made from other weights.
+def exported(run_dir: Path, int8: bool = False, say: Callable[[str], object] | None = None) -> Path:
+    """RUN/model.onnx (or model.int8.onnx), (re-)exported first when missing or made from other weights;
+    `say` hears about an export before it starts (it takes seconds, a minute with int8).
 
     A stale int8 graph is re-calibrated on the run's training images, not on earlier --calibration images.
     """
     path = graph_path(run_dir, int8)
     if not _is_current(path, run_dir, int8):
+        if say:
+            say(f"exporting {path} (once per trained model)")
         export_onnx(run_dir, path, int8=int8)
     return path
 
