@@ -43,10 +43,10 @@ from zoomorph.data.prepare import DEFAULT_FOV
 from zoomorph.inference import outputs_to_probs, to_input
 from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict
-from zoomorph.predict.engine import (BACKENDS, PixelModel, batch_size_for, chosen_backend, default_workers,
-                                     ordered)
+from zoomorph.predict.engine import BACKENDS, batch_size_for, chosen_backend, default_workers, ordered
 from zoomorph.predict.inputs import decode_batch
 from zoomorph.predict.onnx import onnx_forward
+from zoomorph.predict.predictor import PixelModel
 from zoomorph.runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, build_model, load_run, save_weights
 from zoomorph.training import DEFAULT_MODEL
 

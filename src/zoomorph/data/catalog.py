@@ -198,7 +198,7 @@ def build_catalog(images: Path, labels: Path | None, preset: Preset | None) -> C
         for gid, row in result.conflicts.iterrows():
             if gid in set(table["id"]):
                 report.add(gid, "preset", f"meets several rules: {row['classes']}",
-                           "excluded" if preset.conflicts == "exclude" else f"kept as first rule")
+                           "excluded" if preset.conflicts == "exclude" else "kept as first rule")
         classes = preset.classes
         counts["conflicts"] = int(result.conflicts.index.isin(table["id"]).sum())
         counts["unassigned by preset"] = int(table["label"].isna().sum()) - (

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoomorph.predict.engine import Q1, PixelModel, weights_digest
+from zoomorph.predict.predictor import Q1, PixelModel, weights_digest
 from zoomorph.runs import RunConfig, load_run
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"

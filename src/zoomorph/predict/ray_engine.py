@@ -22,8 +22,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from zoomorph.predict.engine import Predictor, batch_size_for
+from zoomorph.predict.engine import batch_size_for
 from zoomorph.predict.inputs import decode_batch
+from zoomorph.predict.predictor import Predictor
 from zoomorph.runs import RunConfig
 
 LOCAL_CPUS = 2  # a local Ray instance stays small: it shares the machine with everything else
