@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from predict_toys import CLASSES, make_run, toy_model, write_images
 
@@ -87,8 +88,35 @@ def test_a_catalogue_that_cannot_be_read_is_refused_by_name(tmp_path):
     (tmp_path / "ragged.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"ragged.csv: cannot read this catalogue .*line 12"):
         list(iter_listing([tmp_path / "ragged.csv"], 4))  # the bad row is past the first chunks
+    (tmp_path / "first.csv").write_text("path,mag\n0.jpg,0,surplus\n1.jpg,1\n")  # pandas would warn and drop it
+    with pytest.raises(ValueError, match=r"first.csv: cannot read this catalogue"):
+        list(iter_listing([tmp_path / "first.csv"], 4))
     (tmp_path / "empty.csv").write_bytes(b"")
     (tmp_path / "fake.parquet").write_text("path\nx.jpg\n")
     for name in ("empty.csv", "fake.parquet"):
         with pytest.raises(ValueError, match=f"{name}: cannot read this catalogue"):
             list(iter_listing([tmp_path / name], 4))
+
+
+def test_catalogue_columns_come_through_exactly(tmp_path, monkeypatch):
+    """What users join predictions back on: a 19-digit objid with a gap stays int64 (float64 would make
+    neighbours equal), a code keeps its leading zeros, rows ending in a comma keep their path, and a
+    Parquet catalogue saved with a pandas index keeps that column."""
+    monkeypatch.setattr(runs, "build_model", toy_model)
+    write_images(tmp_path / "images", range(1000, 1004))
+    (tmp_path / "one.csv").write_text("path,objid,code,mag\n"
+                                      "images/1000.jpg,1237648720693755918,000123,1.5,\n"
+                                      "images/1001.jpg,,7,,\n")
+    catalogue = pd.DataFrame({"path": ["images/1002.jpg", "images/1003.jpg"], "survey_id": [41, 57],
+                              "objid": pd.array([1237648720693755919, None], dtype="Int64")})
+    catalogue.set_index("survey_id").to_parquet(tmp_path / "two.parquet")
+
+    out = pq.read_table(predict(make_run(tmp_path), [tmp_path / "one.csv", tmp_path / "two.parquet"],
+                                tmp_path / "out.parquet", chunk_size=1, workers=0, progress=False).out)
+
+    assert out["path"].to_pylist() == [str(tmp_path / f"images/{i}.jpg") for i in range(1000, 1004)]
+    assert out.schema.field("objid").type == pa.int64()
+    assert out["objid"].to_pylist() == [1237648720693755918, None, 1237648720693755919, None]
+    assert out["code"].to_pylist() == ["000123", "7", None, None] and out["mag"].to_pylist()[:2] == [1.5, None]
+    assert out["survey_id"].to_pylist() == [None, None, 41, 57]
+    assert out["error"].to_pylist() == [""] * 4

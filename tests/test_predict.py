@@ -62,10 +62,11 @@ def test_bad_inputs_become_error_rows_and_catalogue_columns_carry_through(tmp_pa
     assert summary.errors == 6 and summary.ok == 42
     assert list(out["path"][:40]) == [str(p) for p in images]  # input order
     failed = out[out["error"] != ""]
-    assert set(failed["id"]) == {"corrupt", "truncated", "empty", "notes", "missing", ""}
+    assert set(failed["id"].fillna("")) == {"corrupt", "truncated", "empty", "notes", "missing", ""}
+    assert failed["id"].isna().sum() == 1  # the catalogue row without a path has no id either
     assert failed[P_COLUMNS].isna().all().all() and failed["predicted"].isna().all()
     assert "0 bytes" in failed.set_index("id").loc["empty", "error"]
-    assert "no path" in failed.set_index("id").loc["", "error"]
+    assert "no path" in failed[failed["id"].isna()]["error"].item()
     fine = out[out["error"] == ""]
     np.testing.assert_allclose(fine[P_COLUMNS].sum(axis=1), 1, atol=1e-5)
     assert (fine["predicted"] == np.array(CLASSES)[fine[P_COLUMNS].to_numpy().argmax(1)]).all()

@@ -240,7 +240,8 @@ def compare(runs: list[Path] = typer.Argument(..., help="run folders evaluated o
 def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
             inputs: list[str] = typer.Argument(..., help="images, folders, zips, catalogue CSV/Parquet, FITS"),
             out: Path = typer.Option(..., "--out", "-o", help="output .parquet or .csv"),
-            format: str = typer.Option("parquet", help="parquet | csv | kaggle (votes runs: the submission file)"),
+            format: Optional[str] = typer.Option(None, help="parquet | csv | kaggle (votes runs: the submission "
+                                                            "file); default: csv for a .csv --out, else parquet"),
             backend: str = typer.Option("auto", help="auto (onnx on a CPU, else torch) | torch | onnx "
                                                     "(onnxruntime, same outputs, faster on CPU) | "
                                                     "onnx-int8 (quantised, fastest on CPU)"),
@@ -256,6 +257,7 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
             ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster")) -> None:
     """Classify any number of images, streaming, in chunks; re-run the same command to resume."""
     from zoomorph.api import predict as run_predict
+    from zoomorph.predict.writers import errors_path
 
     try:
         summary = run_predict(run, inputs, out, format=format, backend=backend, engine=engine, tta=tta,
@@ -263,8 +265,10 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
                               chunk_size=chunk_size, ray_address=ray_address)
     except (ValueError, FileNotFoundError, ImportError) as err:
         _fail(err)
+    where = (f"left out of the submission, listed in {errors_path(summary.out)}" if format == "kaggle"
+             else "see the error column")
     console.print(f"{summary.total:,} inputs -> {summary.out}: {summary.ok:,} classified, "
-                  f"{summary.errors:,} unreadable (see the error column); "
+                  f"{summary.errors:,} unreadable ({where}); "
                   f"{summary.predicted:,} done now at {summary.images_per_s:,.0f} images/s ({summary.backend})")
 
 

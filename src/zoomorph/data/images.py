@@ -70,19 +70,27 @@ def list_directory(root: Path) -> list[str]:
     return list(walk_files(str(root)))
 
 
-def list_zip(archive: Path) -> list[str]:
-    with zipfile.ZipFile(archive) as zf:
-        names = [n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    return [f"{archive}{ZIP_SEP}{n}" for n in sorted(names)]
+def list_zip(archive: Path, keep: Callable[[str], bool] = is_image_name) -> list[str]:
+    """The members whose names `keep` accepts, sorted; not macOS's metadata (`__MACOSX/`, `._name`)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{archive}: not a readable zip archive ({err})") from err
+    return [f"{archive}{ZIP_SEP}{n}" for n in sorted(names) if keep(n) and not _macos_metadata(n)]
 
 
-def list_images(path: Path) -> list[str]:
-    """Image sources in a directory or a zip archive."""
+def _macos_metadata(name: str) -> bool:
+    return name.startswith("__MACOSX/") or name.rsplit("/", 1)[-1].startswith("._")
+
+
+def list_images(path: Path, keep: Callable[[str], bool] = is_image_name) -> list[str]:
+    """Image sources (the files whose names `keep` accepts) in a directory or a zip archive."""
     path = Path(path)
     if path.is_dir():
-        return list_directory(path)
+        return list(walk_files(str(path), keep))
     if path.suffix.lower() == ".zip":
-        return list_zip(path)
+        return list_zip(path, keep)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [str(path)]
     raise FileNotFoundError(f"{path}: not a directory, zip archive or image file")
@@ -130,6 +138,17 @@ def crop_resize(im: Image.Image, size: int, crop: float) -> np.ndarray:
     return np.asarray(im.resize((size, size), Image.BILINEAR, box=box, reducing_gap=None), dtype=np.uint8)
 
 
+def _to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """8-bit modes as Pillow converts them; 16-bit grey scaled to 0-255 (Pillow would clip it at 255,
+    nearly white); 32-bit integer and float pixels refused, as they have no range to scale from."""
+    if im.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)).convert("RGB")
+    if im.mode in ("I", "F"):
+        raise ImageError(f"{name}: {'32-bit integer' if im.mode == 'I' else 'floating-point'} pixels have no "
+                         "0-255 range to scale from; give 8- or 16-bit images (or FITS, which is stretched)")
+    return im.convert("RGB")
+
+
 def decode(data: bytes, size: int, fov: int = KAGGLE_SIZE, name: str = "image") -> Decoded:
     """Decode, centre-crop the field of view and resize to `size` x `size` RGB uint8.
 
@@ -160,7 +179,7 @@ def decode(data: bytes, size: int, fov: int = KAGGLE_SIZE, name: str = "image") 
         notes.append(f"{fmt} content")
     if im.mode != "RGB":
         notes.append(f"converted from {im.mode}")
-        im = im.convert("RGB")
+        im = _to_rgb(im, name)
     if (width, height) != (KAGGLE_SIZE, KAGGLE_SIZE):
         notes.append(f"size {width}x{height}, not {KAGGLE_SIZE}x{KAGGLE_SIZE}")
 

@@ -12,13 +12,15 @@ is what makes a killed run resumable.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 import warnings
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing.pool import Pool
@@ -32,14 +34,21 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from zoomorph.labels import get_preset
 from zoomorph.predict.inputs import decode_batch
 from zoomorph.predict.listing import Listing
 from zoomorph.predict.predictor import Predictor, output_columns, weights_digest
 from zoomorph.predict.writers import FORMATS, PartWriter, parts_dir
 from zoomorph.runs import CONFIG_FILE, RunConfig
 
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None
+
 BACKENDS = ("torch", "onnx", "onnx-int8")  # and "auto", the default: one of the first two (chosen_backend)
 ENGINES = ("local", "ray")
+LOCK_FILE = "lock"
 
 
 @dataclass
@@ -145,6 +154,30 @@ def local_results(run_dir: Path, chunks: Iterable[tuple[int, list[str]]], *, bat
 
 # ---------------------------------------------------------------- predict()
 
+def output_format(out: Path, fmt: str | None) -> str:
+    """The format asked for, else csv for a .csv --out and parquet otherwise; a .csv or .parquet --out in
+    the other format is refused, as a file that says one thing and holds another misleads every reader."""
+    suffix = out.suffix.lower()
+    fmt = fmt or ("csv" if suffix == ".csv" else "parquet")
+    if (suffix == ".csv" and fmt == "parquet") or (suffix in (".parquet", ".pq") and fmt in ("csv", "kaggle")):
+        raise ValueError(f"--out {out} ends in {suffix} but the format is {fmt}: give --out a matching suffix")
+    return fmt
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory: give a file name, e.g. {out / 'predictions.parquet'}")
+    folder = next((p for p in out.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ValueError(f"--out {out}: {folder} is a file, not a folder")
+
+
+def _check_sizes(batch_size: int | None, workers: int | None, chunk_size: int) -> None:
+    for value, what, least in ((batch_size, "batch_size", 1), (workers, "workers", 0), (chunk_size, "chunk_size", 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{what}={value}: it must be {least} or more")
+
+
 def _check(cfg: RunConfig, fmt: str, backend: str, engine: str, mc_samples: int, preset: str | None) -> None:
     for value, allowed, what in ((fmt, FORMATS, "format"), (backend, BACKENDS, "backend"),
                                  (engine, ENGINES, "engine")):
@@ -160,6 +193,31 @@ def _check(cfg: RunConfig, fmt: str, backend: str, engine: str, mc_samples: int,
         raise ValueError(f"mc_samples={mc_samples}: MC dropout needs 2 samples or more (0 turns it off)")
     if mc_samples and backend != "torch":
         raise ValueError("MC dropout needs backend='torch' (the ONNX graphs are exported in eval mode)")
+    if preset:
+        get_preset(preset)  # an unknown name or a bad rules file fails now, not after the first batch
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise ImportError("engine='ray' needs Ray: pip install zoomorph[ray]")
+
+
+@contextmanager
+def _claimed(parts: Path) -> Iterator[None]:
+    """Hold OUT.parts for this call (an advisory lock), so that a second predict into the same --out
+    at the same time is refused instead of rewriting the listing this one reads. If this call made the
+    folder and fails before writing a part, the folder goes: nothing is left to resume."""
+    made = not parts.exists()
+    parts.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(parts / LOCK_FILE, "w") as lock:
+            if fcntl is not None:  # POSIX; elsewhere nothing stops two calls
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ValueError(f"another predict is writing {parts} right now: wait for it to end") from None
+            yield
+    except BaseException:
+        if made and parts.exists() and not any(parts.glob("part-*.parquet")):
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
 
 
 def _galaxy_ids(listing: Listing) -> None:
@@ -204,12 +262,13 @@ def _graph_digest(run_dir: Path, backend: str, auto: bool, progress: bool) -> st
     return hashlib.sha256(graph.read_bytes()).hexdigest()
 
 
-def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str = "parquet",
+def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str | None = None,
             backend: str = "auto", engine: str = "local", tta: bool = False, mc_samples: int = 0,
             batch_size: int | None = None, workers: int | None = None, chunk_size: int = 4096,
             preset: str | None = None, ray_address: str | None = None, progress: bool = True) -> PredictSummary:
     """Classify every image in `inputs` into `out`: one row per input, in input order (docs/predict.md).
 
+    `format`: parquet, csv or kaggle; by default csv for a .csv `out`, else parquet.
     Resumable: rerun the same call after a crash or a kill and it carries on from the parts written.
     """
     started = time.perf_counter()
@@ -217,30 +276,34 @@ def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str =
     inputs = [inputs] if isinstance(inputs, (str, Path)) else inputs
     cfg = RunConfig.load(run_dir)
     auto, backend = backend == "auto", chosen_backend(backend, engine, mc_samples)
+    format = output_format(out, format)
     _check(cfg, format, backend, engine, mc_samples, preset)
+    _check_sizes(batch_size, workers, chunk_size)
+    _check_out(out)
     graph = _graph_digest(run_dir, backend, auto, progress) if backend != "torch" else None
     if graph is None:  # torch asked for, chosen, or fallen back to
         backend = "torch"
     columns = output_columns(cfg, preset, mc_samples)
     options = dict(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
     settings = options | {"chunk_size": chunk_size} | ({"graph_sha256": graph} if graph else {})  # e.g. re-calibrated
-    listing = Listing.scan(inputs, parts_dir(out), chunk_size, reserved=frozenset(columns),
-                           check=_galaxy_ids if format == "kaggle" else None)
-    writer = PartWriter(out, listing, pa.schema(list(columns.items())), _fingerprint(run_dir, listing, settings))
-    pending = writer.pending()
-    todo = sum(stop - start for start, stop in map(listing.chunk_rows, pending))
-    if pending:
-        chunks = ((listing.chunk_rows(k)[0], listing.sources(k)) for k in pending)  # read as they are needed
-        if engine == "ray":
-            from zoomorph.predict.ray_engine import ray_results
+    with _claimed(parts_dir(out)):
+        listing = Listing.scan(inputs, parts_dir(out), chunk_size, reserved=frozenset(columns),
+                               check=_galaxy_ids if format == "kaggle" else None)
+        writer = PartWriter(out, listing, pa.schema(list(columns.items())), _fingerprint(run_dir, listing, settings))
+        pending = writer.pending()
+        todo = sum(stop - start for start, stop in map(listing.chunk_rows, pending))
+        if pending:
+            chunks = ((listing.chunk_rows(k)[0], listing.sources(k)) for k in pending)  # read as they are needed
+            if engine == "ray":
+                from zoomorph.predict.ray_engine import ray_results
 
-            stream = ray_results(run_dir, chunks, batch_size=batch_size, actors=workers, ray_address=ray_address,
-                                 predictor_options=options)
-        else:
-            stream = local_results(run_dir, chunks, batch_size=batch_size, workers=workers,
-                                   predictor_options=options)
-        _consume(stream, writer, todo, progress)
-    ok, errors = writer.finish(format)
+                stream = ray_results(run_dir, chunks, batch_size=batch_size, actors=workers,
+                                     ray_address=ray_address, predictor_options=options)
+            else:
+                stream = local_results(run_dir, chunks, batch_size=batch_size, workers=workers,
+                                       predictor_options=options)
+            _consume(stream, writer, todo, progress)
+        ok, errors = writer.finish(format)
     seconds = time.perf_counter() - started
     return PredictSummary(listing.rows, ok, errors, out, todo, todo / seconds if todo else 0.0, backend)
 

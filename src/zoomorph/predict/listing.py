@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zoomorph.predict.inputs import first_non_numeric, iter_listing
+from zoomorph.predict.inputs import first_non_numeric, iter_listing, unused_name
 
 
 @dataclass(frozen=True)
@@ -40,26 +39,21 @@ class Listing:
              check: Callable[[Listing], None] | None = None) -> Listing:
         """Expand `inputs` into `folder`; catalogue columns named like one in `reserved` get an input_ prefix.
 
-        A scan that fails (a missing input, a catalogue without a path column, `check` raising) removes
-        the folder if it made it.
+        `check` may refuse the listing (predict's kaggle format: numeric ids). Whoever made `folder`
+        removes it if the scan fails (engine._claimed).
         """
-        made = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        try:
-            listing = cls._scan(inputs, folder, chunk_size, reserved)
-            if check:
-                check(listing)
-            return listing
-        except BaseException:
-            if made:
-                shutil.rmtree(folder, ignore_errors=True)
-            raise
+        listing = cls._scan(inputs, folder, chunk_size, reserved)
+        if check:
+            check(listing)
+        return listing
 
     @classmethod
     def _scan(cls, inputs: list, folder: Path, chunk_size: int, reserved: frozenset[str]) -> Listing:
         digest, schemas, rows, not_numeric = hashlib.sha256(), [], 0, None
         for k, frame in enumerate(iter_listing(inputs, chunk_size)):
-            frame = frame.rename(columns={c: f"input_{c}" for c in frame.columns[2:] if c in reserved})
+            frame = frame.rename(columns={c: unused_name(f"input_{c}", frame.columns) for c in frame.columns[2:]
+                                          if c in reserved})
             digest.update(json.dumps(list(map(str, frame.columns))).encode())
             digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
             if not_numeric is None:

@@ -55,7 +55,7 @@ class PartWriter:
 
     def _check_manifest(self, manifest: dict) -> None:
         path = self.dir / MANIFEST
-        if path.exists():
+        if path.exists() and any(self.dir.glob("part-*.parquet")):  # without parts there is nothing to mix
             if json.loads(path.read_text()) != manifest:
                 raise ValueError(
                     f"{self.dir} holds parts of a different prediction (the inputs, the run or the settings "
@@ -106,8 +106,15 @@ class PartWriter:
         return counts
 
 
+def errors_path(out: Path) -> Path:
+    """Where a Kaggle submission's unreadable inputs are listed: the submission itself has no room for them."""
+    return out.with_name(out.stem + ".errors.csv")
+
+
 def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema) -> tuple[int, int]:
     rows = errors = 0
+    failures = errors_path(out)
+    failures.unlink(missing_ok=True)  # a stale list from an earlier run would name the wrong files
 
     def tables():
         nonlocal rows, errors
@@ -125,7 +132,10 @@ def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema) -> tupl
             return
         for i, (table, failed) in enumerate(tables()):
             frame = table.to_pandas()
-            if fmt == "kaggle":  # only readable images, under the challenge's exact header
+            if fmt == "kaggle":  # only readable images, under the challenge's exact header; the others apart
+                if failed.any():
+                    frame.loc[failed, ["id", "path", "error"]].to_csv(
+                        failures, mode="a" if failures.exists() else "w", header=not failures.exists(), index=False)
                 frame = frame.loc[~failed, ["id", *ANSWER_COLUMNS]].rename(columns={"id": ID_COLUMN})
             frame.to_csv(tmp, mode="a" if i else "w", header=i == 0, index=False)
 
