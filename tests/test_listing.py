@@ -100,8 +100,8 @@ def test_a_catalogue_that_cannot_be_read_is_refused_by_name(tmp_path):
 
 def test_catalogue_columns_come_through_exactly(tmp_path, monkeypatch):
     """What users join predictions back on: a 19-digit objid with a gap stays int64 (float64 would make
-    neighbours equal), a code keeps its leading zeros, rows ending in a comma keep their path, and a
-    Parquet catalogue saved with a pandas index keeps that column."""
+    neighbours equal), also in CSV output; a code keeps its leading zeros; rows ending in a comma keep
+    their path; a Parquet catalogue keeps a named pandas index, not an unnamed one."""
     monkeypatch.setattr(runs, "build_model", toy_model)
     write_images(tmp_path / "images", range(1000, 1004))
     (tmp_path / "one.csv").write_text("path,objid,code,mag\n"
@@ -109,14 +109,51 @@ def test_catalogue_columns_come_through_exactly(tmp_path, monkeypatch):
                                       "images/1001.jpg,,7,,\n")
     catalogue = pd.DataFrame({"path": ["images/1002.jpg", "images/1003.jpg"], "survey_id": [41, 57],
                               "objid": pd.array([1237648720693755919, None], dtype="Int64")})
-    catalogue.set_index("survey_id").to_parquet(tmp_path / "two.parquet")
+    catalogue.set_index("survey_id").to_parquet(tmp_path / "two.parquet")  # a range, in pandas' metadata
+    catalogue.set_index("survey_id").iloc[::-1].to_parquet(tmp_path / "three.parquet")  # a stored column
+    unnamed = pd.DataFrame({"path": ["images/1003.jpg", "images/1002.jpg"]}, index=[7, 3])  # stored, unnamed
+    unnamed.to_parquet(tmp_path / "four.parquet")
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "four.parquet").names
+    inputs = [tmp_path / f"{name}" for name in ("one.csv", "two.parquet", "three.parquet", "four.parquet")]
 
-    out = pq.read_table(predict(make_run(tmp_path), [tmp_path / "one.csv", tmp_path / "two.parquet"],
-                                tmp_path / "out.parquet", chunk_size=1, workers=0, progress=False).out)
+    out = pq.read_table(predict(make_run(tmp_path), inputs, tmp_path / "out.parquet", chunk_size=3, workers=0,
+                                progress=False).out)
+    as_csv = predict(make_run(tmp_path), inputs, tmp_path / "out.csv", chunk_size=3, workers=0, progress=False).out
 
-    assert out["path"].to_pylist() == [str(tmp_path / f"images/{i}.jpg") for i in range(1000, 1004)]
-    assert out.schema.field("objid").type == pa.int64()
-    assert out["objid"].to_pylist() == [1237648720693755918, None, 1237648720693755919, None]
-    assert out["code"].to_pylist() == ["000123", "7", None, None] and out["mag"].to_pylist()[:2] == [1.5, None]
-    assert out["survey_id"].to_pylist() == [None, None, 41, 57]
-    assert out["error"].to_pylist() == [""] * 4
+    assert out["path"].to_pylist() == [str(tmp_path / f"images/{i}.jpg") for i in (1000, 1001, 1002, 1003, 1003,
+                                                                                   1002, 1003, 1002)]
+    assert out.column_names[:6] == ["id", "path", "objid", "code", "mag", "survey_id"]  # no __index_level_0__
+    objids = [1237648720693755918, None, 1237648720693755919, None, None, 1237648720693755919, None, None]
+    assert out.schema.field("objid").type == pa.int64() and out["objid"].to_pylist() == objids
+    assert out["code"].to_pylist() == ["000123", "7"] + [None] * 6 and out["mag"].to_pylist()[:2] == [1.5, None]
+    assert out["survey_id"].to_pylist() == [None, None, 41, 57, 57, 41, None, None]
+    assert out["error"].to_pylist() == [""] * 8
+    text = pd.read_csv(as_csv, dtype=str, keep_default_na=False)
+    assert text["objid"].tolist() == ["" if i is None else str(i) for i in objids]
+
+
+def test_a_csv_column_gets_one_type_for_the_whole_file(tmp_path):
+    """Typed over all its chunks, not chunk by chunk; only what reads back unchanged becomes a number."""
+    rows = [("1.50", " 1.5", "+5", "0x10", "NA", "12345678901234567890"),
+            ("1e3", "2", "-6", "1", "3", "1"),
+            ("abc", "2.5 ", "7", "2", "4", "2")]
+    (tmp_path / "cat.csv").write_text("path,a,spaced,signed,hex,na,huge\n" +
+                                      "".join(f"{i}.jpg," + ",".join(r) + "\n" for i, r in enumerate(rows)))
+    frame = pd.concat(iter_listing([tmp_path / "cat.csv"], chunk_size=2), ignore_index=True)
+    assert frame["a"].tolist() == ["1.50", "1e3", "abc"]  # text in the last chunk: text everywhere, as written
+    assert frame["spaced"].tolist() == [1.5, 2.0, 2.5] and frame["signed"].tolist() == [5, -6, 7]
+    assert frame["signed"].dtype == pd.ArrowDtype(pa.int64())
+    assert frame["hex"].tolist() == ["0x10", "1", "2"] and frame["na"].tolist() == ["NA", "3", "4"]
+    assert frame["huge"].tolist() == ["12345678901234567890", "1", "2"]
+
+
+def test_integers_that_a_float_column_would_change_stay_text(tmp_path):
+    write_images(tmp_path / "images", range(1000, 1002))
+    (tmp_path / "ints.csv").write_text("path,objid\nimages/1000.jpg,1237648720693755918\n")
+    (tmp_path / "floats.csv").write_text("path,objid\nimages/1001.jpg,0.5\n")
+    (tmp_path / "small.csv").write_text("path,objid\nimages/1001.jpg,3\n")
+    mixed = Listing.scan([tmp_path / "ints.csv", tmp_path / "floats.csv"], tmp_path / "a", chunk_size=1)
+    assert mixed.schema.field("objid").type == pa.string()
+    assert [mixed.chunk(k)["objid"][0].as_py() for k in (0, 1)] == ["1237648720693755918", "0.5"]
+    exact = Listing.scan([tmp_path / "small.csv", tmp_path / "floats.csv"], tmp_path / "b", chunk_size=1)
+    assert exact.schema.field("objid").type == pa.float64()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -64,12 +65,26 @@ def test_format_follows_the_suffix_and_a_parts_folder_without_parts_is_started_a
 def test_a_second_call_into_the_same_out_is_refused_while_one_runs(tmp_path, images):
     out = tmp_path / "p.parquet"
     parts_dir(out).mkdir()
-    with open(parts_dir(out) / engine.LOCK_FILE, "w") as lock:  # another call holds it
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(parts_dir(out) / engine.LOCK_FILE)],
+                              stdout=subprocess.PIPE, text=True)  # another call, in another process
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ValueError, match="another predict is writing"):
             predict(make_run(tmp_path), images, out, workers=0, progress=False)
-    assert list(parts_dir(out).iterdir()) == [parts_dir(out) / engine.LOCK_FILE]  # its files left alone
+        assert list(parts_dir(out).iterdir()) == [parts_dir(out) / engine.LOCK_FILE]  # its files left alone
+    finally:
+        holder.kill()  # SIGKILL: the lock goes with the process
+        holder.wait()
     assert predict(make_run(tmp_path), images, out, workers=0, progress=False).total == 12
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "w")
+fcntl.lockf(lock, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
 
 
 def test_kaggle_submission_lists_what_it_left_out(tmp_path, images):
@@ -87,9 +102,9 @@ def test_kaggle_submission_lists_what_it_left_out(tmp_path, images):
                       workers=0, progress=False)
 
     assert (summary.total, summary.ok, summary.errors) == (5, 3, 2)
-    assert pd.read_csv(out)["GalaxyID"].tolist() == [1000, 1001, 1002]
-    left_out = pd.read_csv(errors_path(out), keep_default_na=False)
-    assert left_out["path"].tolist() == ["", str(tmp_path / "2000.jpg")]
+    assert [line.split(",")[0] for line in out.read_text().splitlines()] == ["GalaxyID", "1000", "1001", "1002"]
+    left_out = pd.read_csv(errors_path(out), keep_default_na=False, dtype=str)
+    assert left_out["id"].tolist() == ["", "2000"] and left_out["path"].tolist() == ["", str(tmp_path / "2000.jpg")]
     assert "no path" in left_out["error"][0] and "0 bytes" in left_out["error"][1]
     predict(run, images[:3], out, format="kaggle", workers=0, progress=False)
     assert not errors_path(out).exists()

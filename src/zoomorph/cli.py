@@ -265,8 +265,8 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
                               chunk_size=chunk_size, ray_address=ray_address)
     except (ValueError, FileNotFoundError, ImportError) as err:
         _fail(err)
-    where = (f"left out of the submission, listed in {errors_path(summary.out)}" if format == "kaggle"
-             else "see the error column")
+    where = ("see the error column" if format != "kaggle" else
+             f"left out of the submission, listed in {errors_path(summary.out)}" if summary.errors else "none")
     console.print(f"{summary.total:,} inputs -> {summary.out}: {summary.ok:,} classified, "
                   f"{summary.errors:,} unreadable ({where}); "
                   f"{summary.predicted:,} done now at {summary.images_per_s:,.0f} images/s ({summary.backend})")

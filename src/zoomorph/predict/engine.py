@@ -11,6 +11,7 @@ is what makes a killed run resumable.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -201,23 +202,29 @@ def _check(cfg: RunConfig, fmt: str, backend: str, engine: str, mc_samples: int,
 
 @contextmanager
 def _claimed(parts: Path) -> Iterator[None]:
-    """Hold OUT.parts for this call (an advisory lock), so that a second predict into the same --out
-    at the same time is refused instead of rewriting the listing this one reads. If this call made the
-    folder and fails before writing a part, the folder goes: nothing is left to resume."""
+    """Hold OUT.parts for this call, so that a second predict into the same --out at the same time is
+    refused instead of rewriting the listing this one reads. If this call made the folder and fails
+    before writing a part, the folder goes: there is nothing to resume.
+
+    A POSIX record lock (lockf), not flock: forked workers do not inherit it, so it ends with this
+    process even when a SIGKILL leaves workers finishing their task.
+    """
     made = not parts.exists()
     parts.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(parts / LOCK_FILE, "w") as lock:
-            if fcntl is not None:  # POSIX; elsewhere nothing stops two calls
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise ValueError(f"another predict is writing {parts} right now: wait for it to end") from None
+    with open(parts / LOCK_FILE, "w") as lock:
+        if fcntl is not None:  # POSIX; elsewhere nothing stops two calls
+            try:
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                raise ValueError(f"another predict is writing {parts} right now: wait for it to end") from None
+        try:
             yield
-    except BaseException:
-        if made and parts.exists() and not any(parts.glob("part-*.parquet")):
-            shutil.rmtree(parts, ignore_errors=True)
-        raise
+        except BaseException:
+            if made and not any(parts.glob("part-*.parquet")):
+                shutil.rmtree(parts, ignore_errors=True)
+            raise
 
 
 def _galaxy_ids(listing: Listing) -> None:

@@ -15,21 +15,15 @@ from __future__ import annotations
 
 import os
 import stat
-import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from zoomorph.data.images import ZIP_SEP, ImageError, is_image_name, list_images, load, walk_files
+from zoomorph.predict.catalogues import catalogue_frames, is_catalogue
 from zoomorph.predict.fits import is_fits, load_fits
-
-CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
-PATH_COLUMNS = ("path", "file", "filename", "image")  # the first one present is the path column
 
 
 def _stem(name: str) -> str:
@@ -52,10 +46,6 @@ def _is_listed(name: str) -> bool:
     return is_image_name(name) or is_fits(name)
 
 
-def _is_catalogue(item: str) -> bool:
-    return item.lower().endswith(CATALOGUE_SUFFIXES) and os.path.isfile(item)
-
-
 def _sources(item: str) -> Iterator[str]:
     """The image sources of one input: one stat call, no pathlib, for a file (the common case by far)."""
     try:
@@ -70,89 +60,15 @@ def _sources(item: str) -> Iterator[str]:
         yield item  # whatever its name: decoding says whether it is an image
 
 
-def _catalogue(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """A catalogue in frames of `chunk_size` rows: its path column as `path`, relative to its folder."""
-    try:
-        with warnings.catch_warnings():
-            # pandas only warns when a row has more fields than the header, and drops them
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            yield from _catalogue_frames(path, chunk_size)
-    except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError, pa.ArrowException,
-            UnicodeDecodeError) as err:
-        # a malformed row stops the run with the file named: dropping it would lose an input unseen
-        raise ValueError(f"{path}: cannot read this catalogue ({type(err).__name__}: {str(err).strip()})") from err
-
-
-def _typed(text: pd.Series) -> pd.Series:
-    """A CSV column read as text -> int64, else float64, else text, as Arrow types (nullable, exact:
-    a 19-digit objid stays itself). Text with a leading zero (a code like 000123) stays text."""
-    values = pa.array(text, type=pa.string(), from_pandas=True)
-    if not pc.any(pc.match_substring_regex(values, r"^[+-]?0\d")).as_py():
-        for kind in (pa.int64(), pa.float64()):
-            try:
-                values = values.cast(kind)
-                break
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue
-    return pd.Series(values, dtype=pd.ArrowDtype(values.type), index=text.index, name=text.name)
-
-
-def _catalogue_frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
-    if path.lower().endswith(".csv"):
-        # All text first (no value changed on the way in), then typed column by column (_typed);
-        # index_col=False: pandas would otherwise take the first column for an index when rows end with a comma.
-        frames = (frame.apply(_typed) for frame in
-                  pd.read_csv(path, chunksize=chunk_size, dtype=str, index_col=False))
-        columns = pd.read_csv(path, nrows=0, index_col=False).columns
-    else:
-        parquet = pq.ParquetFile(path)
-        frames = _parquet_frames(parquet, chunk_size)
-        columns = parquet.schema_arrow.names
-    column = next((c for c in PATH_COLUMNS if c in columns), None)
-    if column is None:
-        raise ValueError(f"{path}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
-    folder = os.path.dirname(path)
-    renamed = unused_name("input_id", columns)  # `id` is the listing's own column
-    for table in frames:
-        given = table.pop(column)
-        table = table.rename(columns={"id": renamed})
-        # A row without a path stays, with an empty source: it becomes an error row.
-        yield table.assign(path=[os.path.join(folder, p) if isinstance(p, str) and p.strip() else ""
-                                 for p in given])
-
-
-def _parquet_frames(parquet: pq.ParquetFile, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """Arrow types kept (an int64 with nulls stays int64), and a named index that pandas saved is an
-    ordinary column: stored as a column, or as a range (start, step) in the file's pandas metadata."""
-    indexes = (parquet.schema_arrow.pandas_metadata or {}).get("index_columns", [])
-    ranges = [i for i in indexes if isinstance(i, dict) and i.get("kind") == "range" and i.get("name")]
-    offset = 0
-    for batch in parquet.iter_batches(batch_size=chunk_size):
-        frame = batch.to_pandas(types_mapper=pd.ArrowDtype, ignore_metadata=True)
-        rows = np.arange(offset, offset + len(frame))
-        for index in ranges:
-            values = pa.array(index["start"] + index["step"] * rows)
-            frame.insert(0, index["name"], pd.Series(values, dtype=pd.ArrowDtype(values.type)))
-        offset += len(frame)
-        yield frame
-
-
-def unused_name(name: str, taken) -> str:
-    """`name`, or with more `input_` prefixes until no column of `taken` has it."""
-    while name in taken:
-        name = "input_" + name
-    return name
-
-
 def _pieces(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataFrame]:
     """The listing in pieces of at most `chunk_size` rows: runs of image inputs, catalogue frames."""
     files: list[str] = []
     for item in map(os.fspath, inputs):
-        if _is_catalogue(item):
+        if is_catalogue(item):
             if files:
                 yield pd.DataFrame({"path": files})
                 files = []
-            yield from _catalogue(item, chunk_size)
+            yield from catalogue_frames(item, chunk_size)
             continue
         for source in _sources(item):
             files.append(source)

@@ -22,7 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zoomorph.predict.inputs import first_non_numeric, iter_listing, unused_name
+from zoomorph.predict.catalogues import unused_name
+from zoomorph.predict.inputs import first_non_numeric, iter_listing
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Listing:
             pq.write_table(table, _chunk_path(folder, k))
             schemas.append(table.schema)
             rows += len(frame)
-        schema = _unify(schemas)
+        schema = _exact(_unify(schemas), schemas, folder)
         if not_numeric is None:
             schema = schema.set(0, pa.field("id", pa.int64()))
         return cls(folder, chunk_size, rows, schema, digest.hexdigest(), not_numeric)
@@ -97,6 +98,21 @@ def _to_arrow(frame: pd.DataFrame) -> pa.Table:
         text = frame.assign(**{c: frame[c].where(frame[c].isna(), frame[c].astype(str)) for c in mixed})
         table = pa.Table.from_pandas(text, preserve_index=False)
     return table.replace_schema_metadata()
+
+
+def _exact(schema: pa.Schema, schemas: list[pa.Schema], folder: Path) -> pa.Schema:
+    """`schema`, with text for a column whose integers would change as floats (past 2**53, e.g. an
+    objid in one catalogue where another has a float): the chunks are read back to check."""
+    for i, field in enumerate(schema):
+        if pa.types.is_floating(field.type) and any(
+                field.name in s.names and pa.types.is_integer(s.field(field.name).type) for s in schemas):
+            try:
+                for k, chunk_schema in enumerate(schemas):
+                    if field.name in chunk_schema.names:
+                        pq.read_table(_chunk_path(folder, k), columns=[field.name]).column(0).cast(field.type)
+            except pa.ArrowInvalid:
+                schema = schema.set(i, pa.field(field.name, pa.string()))
+    return schema
 
 
 def _unify(schemas: list[pa.Schema]) -> pa.Schema:

@@ -114,7 +114,7 @@ def errors_path(out: Path) -> Path:
 def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema) -> tuple[int, int]:
     rows = errors = 0
     failures = errors_path(out)
-    failures.unlink(missing_ok=True)  # a stale list from an earlier run would name the wrong files
+    left_out = failures.with_name(failures.name + ".tmp")
 
     def tables():
         nonlocal rows, errors
@@ -131,13 +131,23 @@ def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema) -> tupl
                     parquet.write_table(table)
             return
         for i, (table, failed) in enumerate(tables()):
-            frame = table.to_pandas()
+            frame = table.to_pandas(types_mapper=_integers)  # an id column with gaps stays integers in text
             if fmt == "kaggle":  # only readable images, under the challenge's exact header; the others apart
-                if failed.any():
-                    frame.loc[failed, ["id", "path", "error"]].to_csv(
-                        failures, mode="a" if failures.exists() else "w", header=not failures.exists(), index=False)
+                frame.loc[failed, ["id", "path", "error"]].to_csv(left_out, mode="a" if i else "w", header=i == 0,
+                                                                  index=False)
                 frame = frame.loc[~failed, ["id", *ANSWER_COLUMNS]].rename(columns={"id": ID_COLUMN})
             frame.to_csv(tmp, mode="a" if i else "w", header=i == 0, index=False)
 
     _replace_atomically(write, out)
+    if fmt == "kaggle":  # the list goes with the submission; one from an earlier run would name the wrong files
+        if errors:
+            os.replace(left_out, failures)
+        else:
+            left_out.unlink()
+            failures.unlink(missing_ok=True)
     return rows - errors, errors
+
+
+def _integers(kind: pa.DataType) -> pd.ArrowDtype | None:
+    """Integer columns as nullable pandas ones: numpy would make an int64 column with a gap float64."""
+    return pd.ArrowDtype(kind) if pa.types.is_integer(kind) else None

@@ -1,0 +1,150 @@
+"""Catalogue inputs: a CSV or Parquet table with a path column, its other columns carried into the output exactly.
+
+Read a chunk at a time, so a catalogue of millions is never held whole.
+* Parquet keeps its Arrow types (an int64 column with gaps stays int64); a
+  named index that pandas saved becomes an ordinary column, an unnamed one
+  (`__index_level_0__`) is dropped, as pandas itself would.
+* CSV is read as text, so that nothing is changed on the way in (only an empty
+  cell is missing). Each column then gets one type for the whole file, decided
+  in a first pass: int64 if every value is an integer that fits one, float64
+  if every value is a decimal number, text otherwise. A value with a leading
+  zero (a code like 000123) keeps its column text; so do integers past int64
+  (float64 would change their last digits).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
+PATH_COLUMNS = ("path", "file", "filename", "image")  # the first one present is the path column
+
+INTEGER = r"^[+-]?\d+$"
+DECIMAL = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
+LEADING_ZERO = r"^[+-]?0\d"
+UNNAMED_INDEX = r"__index_level_\d+__"
+
+
+def is_catalogue(item: str) -> bool:
+    return item.lower().endswith(CATALOGUE_SUFFIXES) and os.path.isfile(item)
+
+
+def catalogue_frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """A catalogue in frames of `chunk_size` rows: its path column as `path`, relative to its folder, and
+    its other columns (one named `id` renamed, as that is the listing's own column)."""
+    try:
+        yield from _frames(path, chunk_size)
+    except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError, pa.ArrowException,
+            UnicodeDecodeError) as err:
+        # a malformed row stops the run with the file named: dropping it would lose an input unseen
+        raise ValueError(f"{path}: cannot read this catalogue ({type(err).__name__}: {str(err).strip()})") from err
+
+
+def unused_name(name: str, taken) -> str:
+    """`name`, or with more `input_` prefixes until no column of `taken` has it."""
+    while name in taken:
+        name = "input_" + name
+    return name
+
+
+def _frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
+    if path.lower().endswith(".csv"):
+        kinds = _csv_kinds(path, chunk_size)
+        frames = (_typed(frame, kinds) for frame in _csv_chunks(path, chunk_size))
+        columns = list(kinds)
+    else:
+        parquet = pq.ParquetFile(path)
+        frames = _parquet_frames(parquet, chunk_size)
+        columns = parquet.schema_arrow.names
+    column = next((c for c in PATH_COLUMNS if c in columns), None)
+    if column is None:
+        raise ValueError(f"{path}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
+    folder = os.path.dirname(path)
+    renamed = unused_name("input_id", columns)
+    for table in frames:
+        given = table.pop(column)
+        table = table.rename(columns={"id": renamed})
+        # A row without a path stays, with an empty source: it becomes an error row.
+        yield table.assign(path=[os.path.join(folder, p) if isinstance(p, str) and p.strip() else ""
+                                 for p in given])
+
+
+def _csv_chunks(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """The CSV's cells as text, chunk by chunk; an empty cell is the only missing value.
+
+    index_col=False: else pandas takes the first column for an index when rows end with a comma.
+    A row with more fields than the header is an error (pandas only warns, and drops the surplus).
+    """
+    with pd.read_csv(path, chunksize=chunk_size, dtype=str, index_col=False, keep_default_na=False,
+                     na_values=[""]) as reader:
+        while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = next(reader, None)
+            if frame is None:
+                return
+            yield frame
+
+
+def _numbers(values: pa.Array) -> pa.Array:
+    """Text as Arrow's casts read numbers: no spaces around, no leading +."""
+    return pc.replace_substring_regex(pc.utf8_trim_whitespace(values), r"^\+", "")
+
+
+def _csv_kinds(path: str, chunk_size: int) -> dict[str, pa.DataType]:
+    """One type per column for the whole file (the first pass)."""
+    kinds: dict[str, set[pa.DataType]] = {}
+    for frame in _csv_chunks(path, chunk_size):
+        for name in frame.columns:
+            possible = kinds.setdefault(name, {pa.int64(), pa.float64()})
+            values = pc.drop_null(pa.array(frame[name], type=pa.string(), from_pandas=True))
+            trimmed = pc.utf8_trim_whitespace(values)
+            if pc.any(pc.match_substring_regex(trimmed, LEADING_ZERO)).as_py():
+                possible.clear()
+            if not pc.all(pc.match_substring_regex(trimmed, INTEGER)).as_py():
+                possible.discard(pa.int64())
+            elif pa.int64() in possible:
+                try:
+                    _numbers(values).cast(pa.int64())
+                except pa.ArrowInvalid:  # past int64: as float64 its digits would change
+                    possible.clear()
+            if not pc.all(pc.match_substring_regex(trimmed, DECIMAL)).as_py():
+                possible.discard(pa.float64())
+    return {name: pa.int64() if pa.int64() in possible else pa.float64() if possible else pa.string()
+            for name, possible in kinds.items()}
+
+
+def _typed(frame: pd.DataFrame, kinds: dict[str, pa.DataType]) -> pd.DataFrame:
+    columns = {}
+    for name, kind in kinds.items():
+        values = pa.array(frame[name], type=pa.string(), from_pandas=True)
+        if kind != pa.string():
+            values = _numbers(values).cast(kind)
+        columns[name] = pd.Series(values, dtype=pd.ArrowDtype(values.type), index=frame.index)
+    return pd.DataFrame(columns)
+
+
+def _parquet_frames(parquet: pq.ParquetFile, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """Arrow types kept, and a named index that pandas saved made a column: stored as a column, or
+    as a range (start, step) in the file's pandas metadata."""
+    indexes = (parquet.schema_arrow.pandas_metadata or {}).get("index_columns", [])
+    ranges = [i for i in indexes if isinstance(i, dict) and i.get("kind") == "range" and i.get("name")]
+    offset = 0
+    for batch in parquet.iter_batches(batch_size=chunk_size):
+        frame = batch.to_pandas(types_mapper=pd.ArrowDtype, ignore_metadata=True)
+        frame = frame.drop(columns=[c for c in frame.columns if re.fullmatch(UNNAMED_INDEX, str(c))])
+        rows = np.arange(offset, offset + len(frame))
+        for index in ranges:
+            values = pa.array(index["start"] + index["step"] * rows)
+            frame.insert(0, index["name"], pd.Series(values, dtype=pd.ArrowDtype(values.type)))
+        offset += len(frame)
+        yield frame
