@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from predict_toys import CLASSES, jpeg, make_run, toy_model, write_images
+from predict_toys import toys  # noqa: F401 (the fixture)
+from predict_toys import CLASSES, jpeg, make_run, write_images
 
 from zoomorph import runs
 from zoomorph.data.augment import dihedral
@@ -22,9 +23,7 @@ from zoomorph.schema import ANSWER_COLUMNS
 P_COLUMNS = [f"p_{c}" for c in CLASSES]
 
 
-@pytest.fixture(autouse=True)
-def toys(monkeypatch):
-    monkeypatch.setattr(runs, "build_model", toy_model)
+pytestmark = pytest.mark.usefixtures("toys")
 
 
 @pytest.fixture

@@ -12,17 +12,15 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from PIL import Image
-from predict_toys import jpeg, make_run, toy_model, write_images
+from predict_toys import toys  # noqa: F401 (the fixture)
+from predict_toys import jpeg, make_run, write_images
 
-from zoomorph import runs
 from zoomorph.data.images import decode
 from zoomorph.predict import engine, predict
 from zoomorph.predict.writers import MANIFEST, errors_path, parts_dir
 
 
-@pytest.fixture(autouse=True)
-def toys(monkeypatch):
-    monkeypatch.setattr(runs, "build_model", toy_model)
+pytestmark = pytest.mark.usefixtures("toys")
 
 
 @pytest.fixture
