@@ -10,8 +10,9 @@ import pytest
 from predict_toys import CLASSES, make_run, toy_model, write_images
 
 from zoomorph import runs
+from zoomorph.data.images import ImageError
 from zoomorph.predict import expand_inputs, predict
-from zoomorph.predict.inputs import iter_listing
+from zoomorph.predict.inputs import iter_listing, read_image
 from zoomorph.predict.listing import Listing
 
 
@@ -157,3 +158,24 @@ def test_integers_that_a_float_column_would_change_stay_text(tmp_path):
     assert [mixed.chunk(k)["objid"][0].as_py() for k in (0, 1)] == ["1237648720693755918", "0.5"]
     exact = Listing.scan([tmp_path / "small.csv", tmp_path / "floats.csv"], tmp_path / "b", chunk_size=1)
     assert exact.schema.field("objid").type == pa.float64()
+
+
+def test_a_row_without_a_path_is_named_by_catalogue_and_row_across_chunks(tmp_path):
+    """Its error names the catalogue and the row, however the file was chunked; its id and path are null."""
+    (tmp_path / "cat.csv").write_text("file,ra\na.jpg,1\n,2\nb.jpg,3\n  ,4\n")
+    pq.write_table(pa.table({"path": ["c.jpg", None], "ra": [5, 6]}), tmp_path / "cat.parquet")
+    listing = Listing.scan([tmp_path / "cat.csv", tmp_path / "cat.parquet"], tmp_path / "parts", chunk_size=3)
+    sources = listing.sources(0) + listing.sources(1)
+    missing = [read_error(s) for s in sources if not s.endswith(".jpg")]
+    assert missing == [f"{tmp_path / 'cat.csv'}: row 2 (data rows counted from 1) has no file",
+                       f"{tmp_path / 'cat.csv'}: row 4 (data rows counted from 1) has no file",
+                       f"{tmp_path / 'cat.parquet'}: row 2 (data rows counted from 1) has no path"]
+    chunks = pa.concat_tables([listing.chunk(0), listing.chunk(1)])
+    assert chunks["path"].null_count == chunks["id"].null_count == 3
+    assert chunks["ra"].to_pylist() == [1, 2, 3, 4, 5, 6]
+
+
+def read_error(source: str) -> str:
+    with pytest.raises(ImageError) as err:
+        read_image(source, 64, 256)
+    return str(err.value)

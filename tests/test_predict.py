@@ -65,7 +65,9 @@ def test_bad_inputs_become_error_rows_and_catalogue_columns_carry_through(tmp_pa
     assert failed["id"].isna().sum() == 1  # the catalogue row without a path has no id either
     assert failed[P_COLUMNS].isna().all().all() and failed["predicted"].isna().all()
     assert "0 bytes" in failed.set_index("id").loc["empty", "error"]
-    assert "no path" in failed[failed["id"].isna()]["error"].item()
+    no_path = failed[failed["id"].isna()]
+    assert no_path["error"].item() == f"{catalogue}: row 3 (data rows counted from 1) has no path"
+    assert no_path["path"].isna().all()  # not the marker that carried the message
     fine = out[out["error"] == ""]
     np.testing.assert_allclose(fine[P_COLUMNS].sum(axis=1), 1, atol=1e-5)
     assert (fine["predicted"] == np.array(CLASSES)[fine[P_COLUMNS].to_numpy().argmax(1)]).all()

@@ -103,7 +103,8 @@ def test_kaggle_submission_lists_what_it_left_out(tmp_path, images):
     assert [line.split(",")[0] for line in out.read_text().splitlines()] == ["GalaxyID", "1000", "1001", "1002"]
     left_out = pd.read_csv(errors_path(out), keep_default_na=False, dtype=str)
     assert left_out["id"].tolist() == ["", "2000"] and left_out["path"].tolist() == ["", str(tmp_path / "2000.jpg")]
-    assert "no path" in left_out["error"][0] and "0 bytes" in left_out["error"][1]
+    assert left_out["error"][0] == f"{tmp_path / 'cat.csv'}: row 2 (data rows counted from 1) has no path"
+    assert "0 bytes" in left_out["error"][1]
     predict(run, images[:3], out, format="kaggle", workers=0, progress=False)
     assert not errors_path(out).exists()
 

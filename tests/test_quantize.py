@@ -78,7 +78,8 @@ def test_int8_without_training_images_needs_calibration_and_is_redone_for_new_we
     assert meta["calibration"] == f"40 images sampled from {tmp_path / 'images'}"
     assert meta["check"]["on"] == "the calibration images" and "accuracy_int8" not in meta["check"]
     first = pd.read_parquet(predict(run, images, tmp_path / "b.parquet", backend="onnx-int8", progress=False).out)
-    assert first["error"].eq("").all() and np.allclose(first.filter(like="p_").sum(axis=1), 1, atol=1e-5)  # the head stays float
+    assert first["error"].eq("").all()
+    assert np.allclose(first.filter(like="p_").sum(axis=1), 1, atol=1e-5)  # the head stays float
 
     make_toy_run(tmp_path, "toy-spatial", seed=1)  # new weights: the int8 graph is stale, and nothing to calibrate
     with pytest.raises(ValueError, match="calibration"):

@@ -9,7 +9,10 @@ Read a chunk at a time, so a catalogue of millions is never held whole.
   in a first pass: int64 if every value is an integer that fits one, float64
   if every value is a decimal number, text otherwise. A value with a leading
   zero (a code like 000123) keeps its column text; so do integers past int64
-  (float64 would change their last digits).
+  (float64 would change their last digits). Blank lines are not rows.
+
+A row without a path is kept, as an error row: its source is NO_PATH and the
+message that names the catalogue and the row.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ INTEGER = r"^[+-]?\d+$"
 DECIMAL = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
 LEADING_ZERO = r"^[+-]?0\d"
 UNNAMED_INDEX = r"__index_level_\d+__"
+NO_PATH = "\0"  # starts the source of a row without a path: no file system allows it in a name
 
 
 def is_catalogue(item: str) -> bool:
@@ -70,12 +74,15 @@ def _frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
         raise ValueError(f"{path}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
     folder = os.path.dirname(path)
     renamed = unused_name("input_id", columns)
+    row = 0
     for table in frames:
         given = table.pop(column)
         table = table.rename(columns={"id": renamed})
-        # A row without a path stays, with an empty source: it becomes an error row.
-        yield table.assign(path=[os.path.join(folder, p) if isinstance(p, str) and p.strip() else ""
-                                 for p in given])
+        sources = [os.path.join(folder, p) if isinstance(p, str) and p.strip()
+                   else f"{NO_PATH}{path}: row {row + i} (data rows counted from 1) has no {column}"
+                   for i, p in enumerate(given, start=1)]
+        row += len(table)
+        yield table.assign(path=sources)
 
 
 def _csv_chunks(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from zoomorph.data.images import ZIP_SEP, ImageError, is_image_name, list_images, load, walk_files
-from zoomorph.predict.catalogues import catalogue_frames, is_catalogue
+from zoomorph.predict.catalogues import NO_PATH, catalogue_frames, is_catalogue
 from zoomorph.predict.fits import is_fits, load_fits
 
 
@@ -100,7 +100,7 @@ def iter_listing(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataF
 def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reset_index(drop=True)
     ids = frame["path"].map(source_id).astype(str)
-    frame.insert(0, "id", ids.where(ids != "", None))  # a catalogue row without a path has no id
+    frame.insert(0, "id", ids.where(~frame["path"].str.startswith(NO_PATH), None))  # a row without a path has none
     return frame[["id", "path"] + [c for c in frame.columns if c not in ("id", "path")]]
 
 
@@ -128,8 +128,8 @@ def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:
 
 
 def read_image(source: str, size: int, fov: int) -> np.ndarray:
-    if not source:
-        raise ImageError("catalogue row has no path")
+    if source.startswith(NO_PATH):
+        raise ImageError(source[len(NO_PATH):])  # the message names the catalogue and the row
     return (load_fits if is_fits(source) else load)(source, size, fov).pixels
 
 

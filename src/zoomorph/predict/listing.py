@@ -20,9 +20,10 @@ from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zoomorph.predict.catalogues import unused_name
+from zoomorph.predict.catalogues import NO_PATH, unused_name
 from zoomorph.predict.inputs import first_non_numeric, iter_listing
 
 
@@ -79,8 +80,12 @@ class Listing:
         return pq.read_table(_chunk_path(self.folder, k), columns=["path"])["path"].to_pylist()
 
     def chunk(self, k: int) -> pa.Table:
-        """Chunk k's listing columns in the common schema (a column its inputs lack is null)."""
+        """Chunk k's listing columns in the common schema (a column its inputs lack is null, and so is
+        the path of a catalogue row without one)."""
         table = pq.read_table(_chunk_path(self.folder, k))
+        path = table["path"]
+        table = table.set_column(table.column_names.index("path"), "path",
+                                 pc.if_else(pc.starts_with(path, NO_PATH), None, path))
         columns = [table[f.name] if f.name in table.column_names else pa.nulls(len(table), f.type)
                    for f in self.schema]
         return pa.Table.from_arrays(columns, names=self.schema.names).cast(self.schema)
