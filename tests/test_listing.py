@@ -173,6 +173,8 @@ def test_a_row_without_a_path_is_named_by_catalogue_and_row_across_chunks(tmp_pa
     chunks = pa.concat_tables([listing.chunk(0), listing.chunk(1)])
     assert chunks["path"].null_count == chunks["id"].null_count == 3
     assert chunks["ra"].to_pylist() == [1, 2, 3, 4, 5, 6]
+    whole = expand_inputs([tmp_path / "cat.csv", tmp_path / "cat.parquet"])
+    assert whole["path"].isna().tolist() == whole["id"].isna().tolist() == [False, True, False, True, False, True]
 
 
 def read_error(source: str) -> str:

@@ -11,8 +11,8 @@ Read a chunk at a time, so a catalogue of millions is never held whole.
   zero (a code like 000123) keeps its column text; so do integers past int64
   (float64 would change their last digits). Blank lines are not rows.
 
-A row without a path is kept, as an error row: its source is NO_PATH and the
-message that names the catalogue and the row.
+A row without a path is kept, as an error row: its source is NO_PATH followed
+by the message naming the catalogue and the row, which decoding raises.
 """
 
 from __future__ import annotations

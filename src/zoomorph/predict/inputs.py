@@ -119,9 +119,11 @@ def first_non_numeric(ids: pd.Series) -> str | None:
 def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:
     """The whole listing in one frame, for small input sets (predict() streams it instead).
 
-    `id` is the GalaxyID when every file name is numeric (int64), else the file stem (str).
+    `id` is the GalaxyID when every file name is numeric (int64), else the file stem (str); a catalogue
+    row without a path has neither id nor path, as in predict's output.
     """
     listing = pd.concat(iter_listing(inputs, chunk_size=65536), ignore_index=True)
+    listing["path"] = listing["path"].mask(listing["path"].str.startswith(NO_PATH))
     if first_non_numeric(listing["id"]) is None:
         listing["id"] = listing["id"].astype("int64" if listing["id"].notna().all() else "Int64")
     return listing

@@ -56,13 +56,13 @@ def calibration_pixels(cfg: RunConfig, sources: list[str | Path] | None = None,
                        n: int = CALIBRATION_IMAGES) -> tuple[np.ndarray, str]:
     """(uint8 pixels (m, S, S, 3), where they came from) for calibrating the activation ranges."""
     if sources:
-        listing = expand_inputs(list(sources))["path"].to_numpy()
+        listing = expand_inputs(list(sources))["path"].dropna().to_numpy()  # a row without a path is no image
         chosen = listing[_sample(np.arange(len(listing)), n)].tolist()
         _, pixels, errors = decode_batch((0, chosen, cfg.image_size, cfg.fov))
         unreadable = [e for e in errors if e]
         if not len(pixels):
-            raise NoCalibrationImages(f"none of the {len(chosen)} calibration images could be read "
-                                      f"(first error: {unreadable[0]})")
+            raise NoCalibrationImages(f"none of the {len(chosen)} calibration images could be read"
+                                      + (f" (first error: {unreadable[0]})" if unreadable else ""))
         skipped = f" ({len(unreadable)} unreadable skipped, e.g. {unreadable[0]})" if unreadable else ""
         return pixels, f"{len(pixels)} images sampled from {', '.join(map(str, sources))}{skipped}"
     data = _prepared(cfg)
