@@ -9,7 +9,7 @@ from tiny_runs import make_run, prepared_folder
 
 from zoomorph.evaluation import evaluate
 from zoomorph.evaluation.evaluate import evaluate_run, format_metrics_table, predictions_file
-from zoomorph.runs import METRICS_FILE, RunConfig
+from zoomorph.runs import METRICS_FILE, load_run, save_weights
 from zoomorph.schema import ANSWER_COLUMNS
 
 
@@ -90,13 +90,17 @@ def test_votes_run_scores_rmse_and_the_preset_classes(data, tmp_path, monkeypatc
 
 def test_refuses_data_the_run_cannot_read(data, tmp_path):
     run = make_run(tmp_path / "run", data)
-    cfg = RunConfig.load(run)
+    model, cfg = load_run(run)
     cfg.image_size = 64
     cfg.save(run)
+    with pytest.raises(ValueError, match="says image_size 64, but .* was trained at 32 px"):
+        evaluate_run(run)  # the weights know their size
+    save_weights(run, model)  # as if trained at 64 px (the tiny model pools globally): the data are not
     with pytest.raises(ValueError, match="64 px"):
         evaluate_run(run)
     cfg.image_size, cfg.data = 32, None
     cfg.save(run)
+    save_weights(run, model)
     with pytest.raises(ValueError, match="pass data_dir"):
         evaluate_run(run)
     assert evaluate_run(run, data_dir=data.root, bootstrap=10)["data"] == str(data.root)

@@ -82,11 +82,12 @@ def compare(run_dirs: list[Path], out: Path | None = None) -> tuple[pd.DataFrame
     return table, write_compare_html([Path(r) for r in run_dirs], out) if out else None
 
 
-def predict(run_dir: Path, inputs: list, out: Path, **kwargs):
-    """Classify images, folders, zips, catalogues or FITS into one row per input (see zoomorph.predict)."""
+def predict(run_dir: Path, inputs: list, out: Path, *, overwrite: bool = False, **kwargs):
+    """Classify images, folders, zips, catalogues or FITS into one row per input (see zoomorph.predict);
+    `overwrite`: replace an existing `out` that is not predict's own output, and redo a finished one."""
     from zoomorph.predict import predict as run_predict
 
-    return run_predict(Path(run_dir), inputs, Path(out), **kwargs)
+    return run_predict(Path(run_dir), inputs, Path(out), overwrite=overwrite, **kwargs)
 
 
 def export(run_dir: Path, out: Path | None = None, *, int8: bool = False, calibration: list | None = None) -> Path:

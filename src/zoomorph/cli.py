@@ -64,6 +64,9 @@ def labels(solutions: Path = typer.Argument(..., help="solutions CSV (full or pa
     rows["unassigned"] = result.unassigned
     rows["rows skipped as invalid"] = len(report.rows)
     console.print(_table(f"preset {result.preset.name}: {len(result.labels):,} galaxies", rows))
+    if result.labels.empty:
+        console.print(f"[yellow]warning:[/yellow] {solutions}: no galaxies: "
+                      + ("every row was rejected" if report.rows else "no data rows, only a header"))
     for pair, n in result.conflicts["classes"].value_counts().items():
         console.print(f"  {n} galaxies meet several rules: {pair}")
     if report.rows:
@@ -87,14 +90,20 @@ def prepare(images: Path = typer.Argument(..., help="image folder, Kaggle zip, o
             workers: Optional[int] = typer.Option(None, help="decode processes (default: all cores)")) -> None:
     """Labels + stratified split + uint8 image cache, in one step."""
     from zoomorph.api import prepare as run_prepare
-    from zoomorph.data.prepare import DEFAULT_FOV
+    from zoomorph.data.prepare import DEFAULT_FOV, PrepareRefused
 
     try:
         summary = run_prepare(images, labels_file, out, preset=preset, conflicts=conflicts, min_share=min_share,
                               size=size, fov=fov or DEFAULT_FOV, val=val, test=test, seed=seed, workers=workers)
+    except PrepareRefused as err:
+        console.print(_table(f"not prepared: {out} (left as it was)", err.counts))
+        console.print(f"skipped-items report: {err.report}")
+        _fail(err)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     console.print(_table(f"prepared {out}" + (" (cache reused)" if summary.reused_cache else ""), summary.counts))
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"skipped-items report: {out / 'skipped.csv'}")
 
 
@@ -113,7 +122,8 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
           patience: Optional[int] = typer.Option(None, help="early-stopping patience in epochs"),
           seed: int = typer.Option(0, help="random seed"),
           deterministic: bool = typer.Option(False, help="bit-reproducible (slower on GPU)"),
-          fresh: bool = typer.Option(False, help="start over instead of resuming the run folder"),
+          fresh: bool = typer.Option(False, help="start over: delete the run folder's weights, checkpoints and "
+                                                  "results first instead of resuming"),
           accelerator: str = typer.Option("auto", help="cpu | gpu | auto"),
           devices: str = typer.Option("auto", help="number of devices, or auto"),
           num_nodes: int = typer.Option(1, help="nodes for multi-node DDP"),
@@ -254,17 +264,24 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
             workers: Optional[int] = typer.Option(None, help="worker processes (default: one per core; they decode, "
                                                           "and on a CPU also predict; 0: none; ray: actors)"),
             chunk_size: int = typer.Option(4096, help="rows per output part (the unit of resumption)"),
-            ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster")) -> None:
+            ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out that is not "
+                                                                      "predict's own output, and redo a finished one")
+            ) -> None:
     """Classify any number of images, streaming, in chunks; re-run the same command to resume."""
     from zoomorph.api import predict as run_predict
-    from zoomorph.predict.writers import errors_path
+    from zoomorph.predict.writers import DiskFull, errors_path
 
     try:
         summary = run_predict(run, inputs, out, format=format, backend=backend, engine=engine, tta=tta,
                               mc_samples=mc_samples, preset=preset, batch_size=batch_size, workers=workers,
-                              chunk_size=chunk_size, ray_address=ray_address)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+                              chunk_size=chunk_size, ray_address=ray_address, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, ImportError, DiskFull) as err:
         _fail(err)
+    if summary.already_complete:
+        console.print(f"{summary.out} is already complete: {summary.total:,} inputs, {summary.ok:,} classified, "
+                      f"{summary.errors:,} unreadable; nothing redone (--overwrite predicts it again)")
+        return
     where = ("see the error column" if format != "kaggle" else
              f"left out of the submission, listed in {errors_path(summary.out)}" if summary.errors else "none")
     console.print(f"{summary.total:,} inputs -> {summary.out}: {summary.ok:,} classified, "

@@ -1,8 +1,10 @@
 """Training: what to compute (GalaxyModule), what to run it with (callbacks), and `train()`.
 
-The loop, devices, checkpoints and DDP are Lightning's. Randomness is keyed
-to (seed, epoch) and (seed, step), so a run resumed from its last checkpoint
-ends with the same weights as one never interrupted (in deterministic mode).
+The loop, devices, checkpoints and DDP are Lightning's. A checkpoint is written
+at every epoch's end with all the state the next epoch needs, and randomness is
+keyed to (seed, epoch) for the data order and (seed, step, process) for
+augmentation and dropout, so a run resumed after a kill ends exactly as one never
+interrupted (in deterministic mode; docs/training.md says what is promised where).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +24,14 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from zoomorph.data.augment import build_augment
 from zoomorph.data.datamodule import GalaxyDataModule
+from zoomorph.files import replace_atomically
 from zoomorph.inference import to_input
 from zoomorph.models import create_model, model_spec
+from zoomorph.runs import CHECKPOINTS_DIR, LAST_CHECKPOINT, SUMMARY_FILE, RunConfig, claim_run_dir, save_weights
 
 DEFAULT_MODEL = "convnet-lite"
 
@@ -63,7 +69,7 @@ class GalaxyModule(L.LightningModule):
         images, targets = batch
         x = to_input(images)
         if stage == "train" and self.augment is not None:
-            g = torch.Generator(device=x.device).manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
+            g = torch.Generator(device=x.device).manual_seed(self._step_seed(0))
             x = self.augment(x, generator=g)
         outputs = self(x)
         loss = self._loss(outputs, targets)
@@ -87,8 +93,14 @@ class GalaxyModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, self.val_metrics, "val")
 
-    def on_train_epoch_start(self) -> None:
-        torch.manual_seed(self.hparams.seed * 10_007 + self.current_epoch)  # dropout, per epoch
+    def _step_seed(self, stream: int) -> int:
+        """A seed of (seed, step, process, stream): the same draws on a rerun, its own in each DDP process."""
+        return ((self.hparams.seed * 1_000_003 + self.global_step) * 1024 + self.global_rank) * 2 + stream
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Dropout draws from the global generator, which Lightning and the data loaders also draw from
+        # (differently after a resume): seeding it per step makes each step's masks depend on the step alone.
+        torch.manual_seed(self._step_seed(1))
 
     def configure_optimizers(self):
         r = self.hparams.recipe
@@ -100,8 +112,9 @@ class GalaxyModule(L.LightningModule):
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
         if schedule == "onecycle":
+            warmup = 0.2 if 0.2 * steps != 1 else 0.25  # OneCycleLR divides by zero for a one-step warm-up
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.get("lr", 1e-3), total_steps=steps,
-                                                            pct_start=0.2)
+                                                            pct_start=warmup)
         elif schedule == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         else:
@@ -122,17 +135,22 @@ class StopBelowValLoss(Callback):
 
 
 class History(Callback):
-    """Per-epoch metrics, learning rate and throughput -> RUN/history.csv and .json (kept across resumes)."""
+    """Per-epoch metrics, learning rate and throughput -> RUN/history.csv and .json.
+
+    The rows so far travel in every checkpoint (state_dict), so a resumed run
+    continues the history its checkpoint knew, whatever a kill left in the CSV.
+    """
 
     def __init__(self, run_dir: Path, n_train: int):
         self.path, self.n_train = Path(run_dir) / "history.csv", n_train
         self.rows: list[dict] = []
         self._start, self._train_seconds = 0.0, None
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.path.exists():  # resuming (the checkpoint is restored by now): keep the epochs already done
-            done = pd.read_csv(self.path)
-            self.rows = done[done["epoch"] < trainer.current_epoch].to_dict("records")
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start, self._train_seconds = time.perf_counter(), None
@@ -148,10 +166,37 @@ class History(Callback):
         row = {"epoch": trainer.current_epoch, **metrics,
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_seconds": seconds,
                "images_per_s": self.n_train / max(seconds, 1e-9)}
-        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         table = pd.DataFrame(self.rows)
-        table.to_csv(self.path, index=False)
-        table.to_json(self.path.with_suffix(".json"), orient="records", indent=1)
+        replace_atomically(self.path, lambda tmp: table.to_csv(tmp, index=False))
+        replace_atomically(self.path.with_suffix(".json"),
+                          lambda tmp: table.to_json(tmp, orient="records", indent=1))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their final name and renamed onto it. Lightning's own save stages
+    the file in the system's temp folder and moves it, which is a copy (and a half-written
+    checkpoint after a kill) when that folder is on another file system."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+@contextmanager
+def _quiet_lightning():
+    """Lightning's start-up adverts, an internal deprecation notice and its warning that a resumed run's
+    checkpoint folder is not empty are noise to our users; the caller's own settings are left as they were."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 @dataclass
@@ -208,7 +253,6 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
     Re-running the same command resumes from RUN/checkpoints/last.ckpt (resume=False starts over).
     """
     from zoomorph.data.prepared import PreparedData
-    from zoomorph.runs import SUMMARY_FILE, RunConfig, save_weights
     from zoomorph.schema import ANSWER_COLUMNS
 
     data = data if isinstance(data, PreparedData) else PreparedData.load(Path(data))
@@ -217,32 +261,26 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
     recipe.update({k: v for k, v in {"lr": lr, "batch_size": batch_size, "augment": augment, "epochs": epochs,
                                      "val_loss_stop": val_loss_stop, "patience": patience}.items() if v is not None})
     run_dir = Path(run_dir or Path("runs") / f"{data.root.name}-{model}-{head}")
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if not resume and run_dir.exists():
-        for stale in [last, ckpt_dir / "best.ckpt", run_dir / "history.csv"]:
-            stale.unlink(missing_ok=True)
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
 
-    # Lightning's start-up adverts and an internal deprecation notice are noise to our users.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     L.seed_everything(seed, workers=True, verbose=False)
     dm = GalaxyDataModule(data, head, recipe.get("batch_size", 64), balance, seed)
     weights = dm.class_weights()
     image_size = data.settings["image_size"]
-    module = GalaxyModule(model, head, len(data.classes) if head == "classes" else 37, image_size, recipe,
-                          recipe.get("augment", "none"), weights.tolist() if weights is not None else None, seed)
     classes = data.classes if head == "classes" else list(ANSWER_COLUMNS)
     config = RunConfig(model, head, classes, image_size, data.settings["fov"], data.settings.get("preset"),
                        str(data.root.resolve()), data.split_hash,
                        extra={"recipe": recipe, "balance": balance, "seed": seed, "deterministic": deterministic,
                               "versions": _versions(), "n_train": len(dm.train_rows), "n_val": len(dm.val_rows)})
-    config.save(run_dir)
+    last = claim_run_dir(run_dir, config, resume)
+    module = GalaxyModule(model, head, len(data.classes) if head == "classes" else 37, image_size, recipe,
+                          recipe.get("augment", "none"), weights.tolist() if weights is not None else None, seed)
 
     monitor, mode = ("val_acc", "max") if head == "classes" else ("val_rmse", "min")
-    best = ModelCheckpoint(ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
-                           enable_version_counter=False)
-    cbs: list[Callback] = [best, History(run_dir, len(dm.train_rows)), *callbacks]
+    best = ModelCheckpoint(ckpt_dir, filename="best", monitor=monitor, mode=mode, enable_version_counter=False)
+    # every epoch, after the History row (Lightning runs checkpoint callbacks last): what resume starts from
+    latest = ModelCheckpoint(ckpt_dir, filename="last", save_on_train_epoch_end=True, enable_version_counter=False)
+    cbs: list[Callback] = [best, latest, History(run_dir, len(dm.train_rows)), *callbacks]
     if recipe.get("val_loss_stop") is not None:
         cbs.append(StopBelowValLoss(recipe["val_loss_stop"]))
     if recipe.get("patience") is not None:
@@ -250,19 +288,21 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
         cbs.append(RichProgressBar(leave=True))
-    trainer = L.Trainer(
-        max_epochs=recipe.get("epochs", 20), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-        strategy=strategy, precision=precision or default_precision(), deterministic=deterministic,
-        callbacks=cbs, default_root_dir=run_dir, logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
-        enable_progress_bar=progress, enable_model_summary=False, use_distributed_sampler=False,
-        max_time={"minutes": max_minutes} if max_minutes else None, log_every_n_steps=1)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=recipe.get("epochs", 20), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+            strategy=strategy, precision=precision or default_precision(), deterministic=deterministic,
+            callbacks=cbs, plugins=[AtomicCheckpointIO()], default_root_dir=run_dir,
+            logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
+            enable_progress_bar=progress, enable_model_summary=False, use_distributed_sampler=False,
+            max_time={"minutes": max_minutes} if max_minutes else None, log_every_n_steps=1)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
     seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {})
 
-    best_path = best.best_model_path or str(last)
+    best_path = best.best_model_path or str(ckpt_dir / LAST_CHECKPOINT)
     state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
     net = module.net.cpu()
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})

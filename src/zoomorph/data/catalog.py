@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoomorph.data.images import galaxy_id_from_name, list_images
+from zoomorph.data.images import (PATH_COLUMNS, catalogue_sources, galaxy_id_from_name, list_images, path_column,
+                                  unusable_parts)
 from zoomorph.labels import Labels, Preset, assign
 from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN, validate
 
 ID_ALIASES = ("GalaxyID", "galaxy_id", "id", "objid", "dr7objid")
-PATH_ALIASES = ("path", "file", "filename", "image")
+SEPARATORS = ",;\t"
 
 
 class LabelFileError(ValueError):
@@ -50,7 +51,14 @@ class Report:
 def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix.lower() in (".parquet", ".pq"):
         return pd.read_parquet(path)
-    return pd.read_csv(path)
+    return pd.read_csv(path, dtype=dict.fromkeys(PATH_COLUMNS, str))  # a path like 100 stays text
+
+
+def _separator(path: Path) -> str:
+    """The one of `,` `;` tab that the header line holds most of (spreadsheets save `;` in many locales)."""
+    with open(path, errors="replace") as file:
+        header = file.readline()
+    return max(SEPARATORS, key=header.count)
 
 
 def _clean_ids(raw: pd.Series, path: Path, report: Report, stage: str) -> pd.Series:
@@ -60,20 +68,26 @@ def _clean_ids(raw: pd.Series, path: Path, report: Report, stage: str) -> pd.Ser
     ids = raw.astype(str).str.strip()
     ids[integral] = numeric[integral].astype("int64").astype(str)
     bad = ids.isin(["", "nan", "None"]) | (numeric.notna() & ~integral)
-    for row in np.flatnonzero(bad.to_numpy()):
-        report.add(f"{path}:row {row + 2}", stage, f"unusable GalaxyID {str(raw.iloc[row])!r}")
+    for row in np.flatnonzero(bad.to_numpy()):  # by index label: the table may have lost rows before
+        report.add(f"{path}:row {raw.index[row] + 2}", stage, f"unusable GalaxyID {str(raw.iloc[row])!r}")
     return ids.where(~bad)
 
 
 def read_labels(path: Path, report: Report | None = None) -> pd.DataFrame:
     """A solutions file (full or partial) -> fractions indexed by GalaxyID (str).
 
-    Rows with NaN, negative or >1 fractions, duplicate IDs, or answers that
-    break the decision tree are skipped and reported by row and ID.
+    Comma-, semicolon- (with decimal commas) or tab-separated. Rows with NaN, negative or >1
+    fractions, duplicate IDs, or answers that break the decision tree are skipped and reported by
+    row and ID.
     """
-    path, report = Path(path), report if report is not None else Report()
+    return _read_labels(Path(path), report if report is not None else Report())[0]
+
+
+def _read_labels(path: Path, report: Report) -> tuple[pd.DataFrame, dict[str, str]]:
+    """read_labels, and for each GalaxyID whose rows were all rejected, why (for the join's report)."""
+    sep = _separator(path)
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, sep=sep, decimal="," if sep == ";" else ".")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise LabelFileError(f"{path}: cannot be read as CSV ({err})") from err
     df = df.loc[:, [c for c in df.columns if not str(c).startswith("Unnamed:")]]  # pandas' index column
@@ -86,7 +100,8 @@ def read_labels(path: Path, report: Report | None = None) -> pd.DataFrame:
     stage = "labels"
     ids = _clean_ids(df[id_col], path, report, stage)
     values = df[answers].apply(pd.to_numeric, errors="coerce")
-    file_rows = pd.Series(np.arange(len(df)) + 2, index=df.index)  # line numbers, header = line 1
+    where = [f"{path}:row {row + 2} (GalaxyID {gid})" for row, gid in enumerate(ids)]  # the header is line 1
+    rejected: dict[str, str] = {}
 
     keep = ids.notna()
     for what, bad in (("missing or non-numeric fraction", values.isna().any(axis=1)),
@@ -94,12 +109,16 @@ def read_labels(path: Path, report: Report | None = None) -> pd.DataFrame:
                       ("fraction above 1", (values > 1 + 1e-6).any(axis=1))):
         bad &= keep
         for row in np.flatnonzero(bad.to_numpy()):
-            report.add(f"{path}:row {file_rows.iloc[row]} (GalaxyID {ids.iloc[row]})", stage, what)
+            report.add(where[row], stage, what)
+            rejected.setdefault(ids.iloc[row], f"{what} ({where[row]})")
         keep &= ~bad
-    dup = ids.duplicated(keep="first") & keep
+    dup = ids.where(keep).duplicated(keep="first") & keep  # a rejected first row does not count
+    first = pd.Series(np.arange(len(df))[keep & ~dup], index=ids[keep & ~dup])
     for row in np.flatnonzero(dup.to_numpy()):
-        report.add(f"{path}:row {file_rows.iloc[row]} (GalaxyID {ids.iloc[row]})", stage,
-                   "duplicate GalaxyID (first row kept)")
+        kept = first[ids.iloc[row]]
+        same = (values.iloc[row].to_numpy() == values.iloc[kept].to_numpy()).all()
+        report.add(where[row], stage, "duplicate GalaxyID (first row kept)" if same else
+                   f"duplicate GalaxyID with other values than row {kept + 2} (first row kept)")
     keep &= ~dup
 
     out = values[keep.to_numpy()].set_axis(ids[keep].to_numpy(), axis=0)
@@ -107,7 +126,9 @@ def read_labels(path: Path, report: Report | None = None) -> pd.DataFrame:
     broken = _tree_breakers(out)
     for gid, msg in broken.items():
         report.add(f"{path}:GalaxyID {gid}", stage, msg)
-    return out.drop(index=list(broken))
+        rejected[gid] = f"{msg} ({path})"
+    out = out.drop(index=list(broken))
+    return out, {gid: why for gid, why in rejected.items() if gid not in out.index}  # not those kept in another row
 
 
 def _tree_breakers(fractions: pd.DataFrame) -> dict[str, str]:
@@ -131,8 +152,8 @@ def find_images(images: Path, report: Report) -> pd.DataFrame:
     images = Path(images)
     if images.suffix.lower() in (".csv", ".parquet", ".pq"):
         return _from_catalogue(images, report)
-    sources = list_images(images)
-    table = pd.DataFrame({"source": sources})
+    table = _usable(pd.DataFrame({"source": list_images(images)}), report)
+    sources = table["source"].tolist()
     table["id"] = [str(galaxy_id_from_name(s.split("::")[-1]) or Path(s.split("::")[-1]).stem) for s in sources]
     if images.is_dir():
         parents = {Path(s).parent for s in sources}
@@ -143,17 +164,23 @@ def find_images(images: Path, report: Report) -> pd.DataFrame:
     return table[~dup].reset_index(drop=True)
 
 
+def _usable(table: pd.DataFrame, report: Report) -> pd.DataFrame:
+    """The rows with a usable source; the others (a folder that cannot be listed, a catalogue row
+    without a path: zoomorph.data.images.unusable) are reported."""
+    parts = table["source"].map(unusable_parts)
+    for item, reason in parts.dropna():
+        report.add(item, "images", reason)
+    return table[parts.isna().to_numpy()]
+
+
 def _from_catalogue(path: Path, report: Report) -> pd.DataFrame:
     df = _read_table(path)
-    path_col = next((c for c in PATH_ALIASES if c in df.columns), None)
-    if path_col is None:
-        raise LabelFileError(f"{path}: a catalogue needs a path column ({', '.join(PATH_ALIASES)})")
-    base = path.parent
-    sources = [str(p if Path(p).is_absolute() else base / p) for p in df[path_col].astype(str)]
+    path_col = path_column(df.columns, str(path))
+    df = _usable(df.assign(source=catalogue_sources(str(path), path_col, df[path_col])), report)
     id_col = next((c for c in ID_ALIASES if c in df.columns), None)
     ids = (_clean_ids(df[id_col], path, report, "images") if id_col
-           else pd.Series([Path(s).stem for s in sources]))
-    table = df.drop(columns=[path_col] + ([id_col] if id_col else [])).assign(source=sources, id=ids.to_numpy())
+           else df["source"].map(lambda s: Path(s).stem))
+    table = df.drop(columns=[path_col] + ([id_col] if id_col else [])).assign(id=ids.to_numpy())
     missing = ~table["source"].map(lambda s: Path(s).is_file())
     report.extend(table.loc[missing, "source"], "images", "catalogue path does not exist")
     table = table[~missing & table["id"].notna()]
@@ -184,19 +211,23 @@ def build_catalog(images: Path, labels: Path | None, preset: Preset | None) -> C
         table = found.rename(columns={"folder_label": "label"})
         classes = sorted(table["label"].unique())
     else:
-        fractions = read_labels(labels, report)
+        fractions, rejected = _read_labels(Path(labels), report)
         counts["label rows"] = len(fractions) + sum(r["stage"] == "labels" for r in report.rows)
         has_label = found["id"].isin(fractions.index)
-        report.extend(found.loc[~has_label, "source"], "join", "image has no label row")
+        why = found["id"].map(rejected)
+        for source, reason in zip(found["source"][~has_label], why[~has_label]):
+            report.add(source, "join", "image has no label row" if pd.isna(reason) else f"label row rejected: {reason}")
         orphan = fractions.index[~fractions.index.isin(found["id"])]
         report.extend(orphan, "join", "label row has no image")
-        counts["images without label row"] = int((~has_label).sum())
+        counts["images without label row"] = int((~has_label & why.isna()).sum())
+        counts["images whose label row was rejected"] = int((~has_label & why.notna()).sum())
         counts["label rows without image"] = len(orphan)
         table = found[has_label].join(fractions, on="id")
         result: Labels = assign(fractions.loc[table["id"]], preset)
         table["label"] = result.labels.to_numpy()
+        in_table = set(table["id"])
         for gid, row in result.conflicts.iterrows():
-            if gid in set(table["id"]):
+            if gid in in_table:
                 report.add(gid, "preset", f"meets several rules: {row['classes']}",
                            "excluded" if preset.conflicts == "exclude" else "kept as first rule")
         classes = preset.classes

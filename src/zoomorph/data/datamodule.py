@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from zoomorph.data.prepared import PreparedData
+from zoomorph.data.prepared import PreparedData, check_classes
 from zoomorph.schema import ANSWER_COLUMNS
 
 
@@ -101,6 +101,11 @@ class GalaxyDataModule(L.LightningDataModule):
         self.val_rows = self.data.indices("val", labelled=labelled)
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
             raise ValueError(f"{self.data.root}: needs labelled galaxies in both train and val splits")
+        if labelled:  # folders prepared before prepare refused such labels
+            try:
+                check_classes(self.data.table, self.data.classes)
+            except ValueError as err:
+                raise ValueError(f"{self.data.root}: {err}") from None
 
     def class_counts(self, rows: np.ndarray) -> dict[str, int]:
         labels = self.data.table["label_index"].to_numpy()[rows]

@@ -3,7 +3,10 @@
 Sources: a directory of `<GalaxyID>.jpg` (recursive), the Kaggle zip read in
 place, a catalogue CSV/Parquet with a path column, or a folder per class.
 Each image is addressed by a *source* string: a file path, or
-`archive.zip::member` for a file inside a zip.
+`archive.zip::member` for a file inside a zip, or an `unusable` source that
+stands for an input that cannot be read (a folder that cannot be listed, a
+catalogue row without a path): it carries the reason, which decoding raises,
+so that prepare and predict account for it like any unreadable image.
 
 Decoding uses Pillow's DCT-scaled `draft` mode: a JPEG is decoded directly
 at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels for the crop,
@@ -28,6 +31,8 @@ from PIL import Image, UnidentifiedImageError
 KAGGLE_SIZE = 424  # side of every Kaggle/SDSS image; the field of view is given in its pixels
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 ZIP_SEP = "::"
+UNUSABLE = "\0"  # starts an unusable source, and separates its item from its reason: no file name holds it
+PATH_COLUMNS = ("path", "file", "filename", "image")  # a catalogue's path column: the first one present
 
 
 class ImageError(ValueError):
@@ -52,17 +57,63 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
+def unusable(item: str, reason: str) -> str:
+    """A source standing for an input that cannot be used; decoding it raises ImageError("item: reason")."""
+    return f"{UNUSABLE}{item}{UNUSABLE}{reason}"
+
+
+def unusable_parts(source: str) -> tuple[str, str] | None:
+    """(item, reason) of an unusable source; None for any other source."""
+    return tuple(source[1:].split(UNUSABLE, 1)) if source.startswith(UNUSABLE) else None
+
+
 def walk_files(root: str, keep: Callable[[str], bool] = is_image_name) -> Iterator[str]:
     """The files under `root` whose names `keep` accepts, recursively, in the order of their sorted path
     strings, with one folder's entries in memory at a time (a subfolder sorts as "name/", as it does
-    inside a path). Symbolic links to folders are not followed, as in pathlib's rglob."""
-    with os.scandir(root) as entries:
-        keyed = sorted((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in entries)
+    inside a path).
+
+    No entry is left out unseen, and none stops the walk: a link to a file is listed whether or not it
+    leads anywhere (decoding says why not: broken, a loop); a folder that cannot be listed, a link to a
+    folder (not followed, as in pathlib's rglob, so links cannot loop) and a special file (FIFO,
+    device) with a listed name come as unusable sources saying so."""
+    try:
+        with os.scandir(root) as entries:
+            keyed = sorted((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in entries)
+    except OSError as err:
+        yield unusable(root, f"cannot list this folder ({err.strerror or err})")
+        return
     for key, entry in keyed:
         if key.endswith("/"):
             yield from walk_files(entry.path, keep)
-        elif keep(entry.name) and entry.is_file():
-            yield entry.path
+        elif entry.is_symlink() and _leads_to_folder(entry):
+            yield unusable(entry.path, "a link to a folder, not followed (give the folder itself)")
+        elif keep(entry.name):
+            regular = entry.is_symlink() or entry.is_file(follow_symlinks=False)
+            yield entry.path if regular else unusable(entry.path, "not a regular file")
+
+
+def _leads_to_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a loop of links
+        return False
+
+
+def path_column(columns, catalogue: str) -> str:
+    """The path column of a catalogue with these columns."""
+    column = next((c for c in PATH_COLUMNS if c in columns), None)
+    if column is None:
+        raise ValueError(f"{catalogue}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
+    return column
+
+
+def catalogue_sources(catalogue: str, column: str, cells, first_row: int = 1) -> list[str]:
+    """A catalogue's path cells as sources, relative paths read from its folder; an empty cell is an
+    unusable source naming the catalogue and the row (`first_row`: the data row number of the first cell)."""
+    folder = os.path.dirname(catalogue)
+    return [os.path.join(folder, p) if isinstance(p, str) and p.strip()
+            else unusable(catalogue, f"row {row} (data rows counted from 1) has no {column}")
+            for row, p in enumerate(cells, start=first_row)]
 
 
 def list_directory(root: Path) -> list[str]:
@@ -105,6 +156,8 @@ def _open_zip(archive: str) -> zipfile.ZipFile:
 
 def read_bytes(source: str) -> bytes:
     """The raw bytes of a source (file path or `archive.zip::member`)."""
+    if source.startswith(UNUSABLE):
+        raise ImageError(": ".join(unusable_parts(source)))
     if ZIP_SEP in source:
         archive, member = source.split(ZIP_SEP, 1)
         try:
@@ -115,7 +168,7 @@ def read_bytes(source: str) -> bytes:
         with open(source, "rb") as file:  # not pathlib: this runs once per image
             return file.read()
     except FileNotFoundError as err:
-        raise ImageError(f"{source}: file not found") from err
+        raise ImageError(f"{source}: {'broken link' if os.path.islink(source) else 'file not found'}") from err
     except OSError as err:
         raise ImageError(f"{source}: cannot read ({err})") from err
 

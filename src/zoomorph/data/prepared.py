@@ -27,6 +27,22 @@ IMAGES_FILE = "images.npy"
 SKIPPED_FILE = "skipped.csv"
 
 
+def check_classes(table: pd.DataFrame, classes: list[str]) -> None:
+    """Refuse data a classifier cannot learn from: fewer than two of `classes` with galaxies in both the
+    train and the val split (with one, accuracy is 100% by construction, and torchmetrics fails).
+
+    `table` has a `label` column (class name; missing = unassigned) and a `split` column, as a
+    prepared folder's catalogue has. The message names every class and its count in each split.
+    """
+    labelled = table[table["label"].notna()]
+    counts = pd.crosstab(labelled["label"], labelled["split"]).reindex(index=classes, columns=["train", "val"],
+                                                                        fill_value=0)
+    if ((counts["train"] > 0) & (counts["val"] > 0)).sum() < 2:
+        per_class = "; ".join(f"{c}: {row['train']} train, {row['val']} val" for c, row in counts.iterrows())
+        raise ValueError(f"a classifier needs two classes with galaxies in both the train and val splits; "
+                         f"these labels give {per_class or 'no classes'}")
+
+
 @dataclass
 class PreparedData:
     root: Path

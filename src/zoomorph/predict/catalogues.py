@@ -11,8 +11,8 @@ Read a chunk at a time, so a catalogue of millions is never held whole.
   zero (a code like 000123) keeps its column text; so do integers past int64
   (float64 would change their last digits). Blank lines are not rows.
 
-A row without a path is kept, as an error row: its source is NO_PATH followed
-by the message naming the catalogue and the row, which decoding raises.
+A row without a path is kept, as an error row: its source is an unusable one
+(zoomorph.data.images) naming the catalogue and the row, which decoding raises.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from zoomorph.data.images import catalogue_sources, path_column
+
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
-PATH_COLUMNS = ("path", "file", "filename", "image")  # the first one present is the path column
 
 INTEGER = r"^[+-]?\d+$"
 DECIMAL = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
 LEADING_ZERO = r"^[+-]?0\d"
 UNNAMED_INDEX = r"__index_level_\d+__"
-NO_PATH = "\0"  # starts the source of a row without a path: no file system allows it in a name
 
 
 def is_catalogue(item: str) -> bool:
@@ -69,18 +69,13 @@ def _frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
         parquet = pq.ParquetFile(path)
         frames = _parquet_frames(parquet, chunk_size)
         columns = parquet.schema_arrow.names
-    column = next((c for c in PATH_COLUMNS if c in columns), None)
-    if column is None:
-        raise ValueError(f"{path}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
-    folder = os.path.dirname(path)
+    column = path_column(columns, path)
     renamed = unused_name("input_id", columns)
     row = 0
     for table in frames:
         given = table.pop(column)
         table = table.rename(columns={"id": renamed})
-        sources = [os.path.join(folder, p) if isinstance(p, str) and p.strip()
-                   else f"{NO_PATH}{path}: row {row + i} (data rows counted from 1) has no {column}"
-                   for i, p in enumerate(given, start=1)]
+        sources = catalogue_sources(path, column, given, first_row=row + 1)
         row += len(table)
         yield table.assign(path=sources)
 

@@ -36,11 +36,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from zoomorph.labels import get_preset
+from zoomorph.predict.guards import check_not_listed, check_out
 from zoomorph.predict.inputs import decode_batch
 from zoomorph.predict.listing import Listing
 from zoomorph.predict.predictor import Predictor, output_columns, weights_digest
-from zoomorph.predict.writers import FORMATS, PartWriter, parts_dir
-from zoomorph.runs import CONFIG_FILE, RunConfig
+from zoomorph.predict.writers import FORMATS, PartWriter, discard_parts, disk_full, finished, is_disk_full, parts_dir
+from zoomorph.runs import CONFIG_FILE, RunConfig, RunFileError, load_run
 
 try:
     import fcntl
@@ -61,6 +62,7 @@ class PredictSummary:
     predicted: int  # inputs predicted by this call: fewer than total when it resumed an earlier one
     images_per_s: float  # those per second of this call's wall time (0 when nothing was left to do)
     backend: str  # the one that ran: "auto" resolved
+    already_complete: bool = False  # out was this very prediction's finished output: nothing was redone
 
 
 # ---------------------------------------------------------------- the local engine
@@ -165,14 +167,6 @@ def output_format(out: Path, fmt: str | None) -> str:
     return fmt
 
 
-def _check_out(out: Path) -> None:
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory: give a file name, e.g. {out / 'predictions.parquet'}")
-    folder = next((p for p in out.parents if p.exists()), None)
-    if folder is not None and not folder.is_dir():
-        raise ValueError(f"--out {out}: {folder} is a file, not a folder")
-
-
 def _check_sizes(batch_size: int | None, workers: int | None, chunk_size: int) -> None:
     for value, what, least in ((batch_size, "batch_size", 1), (workers, "workers", 0), (chunk_size, "chunk_size", 1)):
         if value is not None and value < least:
@@ -260,6 +254,8 @@ def _graph_digest(run_dir: Path, backend: str, auto: bool, progress: bool) -> st
 
     try:
         graph = exported(run_dir, int8=backend == "onnx-int8", say=Console().print if progress else None)
+    except (RunFileError, FileNotFoundError):  # a damaged or missing model.pt: torch could not serve it either
+        raise
     except Exception as err:  # noqa: BLE001 (any export failure: torch still serves the model as trained)
         if not auto:
             raise
@@ -272,45 +268,61 @@ def _graph_digest(run_dir: Path, backend: str, auto: bool, progress: bool) -> st
 def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str | None = None,
             backend: str = "auto", engine: str = "local", tta: bool = False, mc_samples: int = 0,
             batch_size: int | None = None, workers: int | None = None, chunk_size: int = 4096,
-            preset: str | None = None, ray_address: str | None = None, progress: bool = True) -> PredictSummary:
+            preset: str | None = None, ray_address: str | None = None, progress: bool = True,
+            overwrite: bool = False) -> PredictSummary:
     """Classify every image in `inputs` into `out`: one row per input, in input order (docs/predict.md).
 
     `format`: parquet, csv or kaggle; by default csv for a .csv `out`, else parquet.
-    Resumable: rerun the same call after a crash or a kill and it carries on from the parts written.
+    Resumable: rerun the same call after a crash, a kill or a full disk and it carries on from the parts
+    written; rerun after it finished, it says so (`already_complete`) unless `overwrite`. An existing `out`
+    that is not predict's own output is replaced only with `overwrite`; an input never is.
     """
     started = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
-    inputs = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)  # read twice: checks, then listing
     cfg = RunConfig.load(run_dir)
     auto, backend = backend == "auto", chosen_backend(backend, engine, mc_samples)
     format = output_format(out, format)
     _check(cfg, format, backend, engine, mc_samples, preset)
     _check_sizes(batch_size, workers, chunk_size)
-    _check_out(out)
+    check_out(out, inputs, format, overwrite)
     graph = _graph_digest(run_dir, backend, auto, progress) if backend != "torch" else None
     if graph is None:  # torch asked for, chosen, or fallen back to
         backend = "torch"
+        load_run(run_dir)  # a damaged model.pt fails here, once, rather than in every worker
     columns = output_columns(cfg, preset, mc_samples)
     options = dict(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
     settings = options | {"chunk_size": chunk_size} | ({"graph_sha256": graph} if graph else {})  # e.g. re-calibrated
-    with _claimed(parts_dir(out)):
-        listing = Listing.scan(inputs, parts_dir(out), chunk_size, reserved=frozenset(columns),
-                               check=_galaxy_ids if format == "kaggle" else None)
-        writer = PartWriter(out, listing, pa.schema(list(columns.items())), _fingerprint(run_dir, listing, settings))
-        pending = writer.pending()
-        todo = sum(stop - start for start, stop in map(listing.chunk_rows, pending))
-        if pending:
-            chunks = ((listing.chunk_rows(k)[0], listing.sources(k)) for k in pending)  # read as they are needed
-            if engine == "ray":
-                from zoomorph.predict.ray_engine import ray_results
+    writer = None
+    try:
+        with _claimed(parts_dir(out)):
+            listing = Listing.scan(inputs, parts_dir(out), chunk_size, reserved=frozenset(columns),
+                                   check=_galaxy_ids if format == "kaggle" else None)
+            check_not_listed(out, listing)
+            fingerprint = _fingerprint(run_dir, listing, settings)
+            done = None if overwrite else finished(out)
+            if done and (done["fingerprint"], done["format"]) == (fingerprint, format):
+                discard_parts(out, fingerprint)
+                return PredictSummary(listing.rows, done["ok"], done["errors"], out, 0, 0.0, backend, True)
+            writer = PartWriter(out, listing, pa.schema(list(columns.items())), fingerprint)
+            pending = writer.pending()
+            todo = sum(stop - start for start, stop in map(listing.chunk_rows, pending))
+            if pending:
+                chunks = ((listing.chunk_rows(k)[0], listing.sources(k)) for k in pending)  # read when needed
+                if engine == "ray":
+                    from zoomorph.predict.ray_engine import ray_results
 
-                stream = ray_results(run_dir, chunks, batch_size=batch_size, actors=workers,
-                                     ray_address=ray_address, predictor_options=options)
-            else:
-                stream = local_results(run_dir, chunks, batch_size=batch_size, workers=workers,
-                                       predictor_options=options)
-            _consume(stream, writer, todo, progress)
-        ok, errors = writer.finish(format)
+                    stream = ray_results(run_dir, chunks, batch_size=batch_size, actors=workers,
+                                         ray_address=ray_address, predictor_options=options)
+                else:
+                    stream = local_results(run_dir, chunks, batch_size=batch_size, workers=workers,
+                                           predictor_options=options)
+                _consume(stream, writer, todo, progress)
+            ok, errors = writer.finish(format)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise disk_full(out, writer) from err
     seconds = time.perf_counter() - started
     return PredictSummary(listing.rows, ok, errors, out, todo, todo / seconds if todo else 0.0, backend)
 

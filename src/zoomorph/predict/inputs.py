@@ -21,8 +21,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from zoomorph.data.images import ZIP_SEP, ImageError, is_image_name, list_images, load, walk_files
-from zoomorph.predict.catalogues import NO_PATH, catalogue_frames, is_catalogue
+from zoomorph.data.images import UNUSABLE, ZIP_SEP, ImageError, is_image_name, list_images, load, walk_files
+from zoomorph.predict.catalogues import catalogue_frames, is_catalogue
 from zoomorph.predict.fits import is_fits, load_fits
 
 
@@ -52,6 +52,9 @@ def _sources(item: str) -> Iterator[str]:
         mode = os.stat(item).st_mode
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{item}: no such file or directory") from err
+    except OSError:  # e.g. a link to itself: its row's error says so
+        yield item
+        return
     if stat.S_ISDIR(mode):
         yield from walk_files(item, _is_listed)  # one folder in memory at a time
     elif item.lower().endswith(".zip"):
@@ -100,7 +103,7 @@ def iter_listing(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataF
 def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reset_index(drop=True)
     ids = frame["path"].map(source_id).astype(str)
-    frame.insert(0, "id", ids.where(~frame["path"].str.startswith(NO_PATH), None))  # a row without a path has none
+    frame.insert(0, "id", ids.where(~frame["path"].str.startswith(UNUSABLE), None))  # an unusable row has none
     return frame[["id", "path"] + [c for c in frame.columns if c not in ("id", "path")]]
 
 
@@ -119,19 +122,18 @@ def first_non_numeric(ids: pd.Series) -> str | None:
 def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:
     """The whole listing in one frame, for small input sets (predict() streams it instead).
 
-    `id` is the GalaxyID when every file name is numeric (int64), else the file stem (str); a catalogue
-    row without a path has neither id nor path, as in predict's output.
+    `id` is the GalaxyID when every file name is numeric (int64), else the file stem (str); an unusable
+    row (a catalogue row without a path, a folder that cannot be listed) has neither id nor path, as in
+    predict's output.
     """
     listing = pd.concat(iter_listing(inputs, chunk_size=65536), ignore_index=True)
-    listing["path"] = listing["path"].mask(listing["path"].str.startswith(NO_PATH))
+    listing["path"] = listing["path"].mask(listing["path"].str.startswith(UNUSABLE))
     if first_non_numeric(listing["id"]) is None:
         listing["id"] = listing["id"].astype("int64" if listing["id"].notna().all() else "Int64")
     return listing
 
 
 def read_image(source: str, size: int, fov: int) -> np.ndarray:
-    if source.startswith(NO_PATH):
-        raise ImageError(source[len(NO_PATH):])  # the message names the catalogue and the row
     return (load_fits if is_fits(source) else load)(source, size, fov).pixels
 
 

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zoomorph.predict.catalogues import NO_PATH, unused_name
+from zoomorph.data.images import UNUSABLE
+from zoomorph.predict.catalogues import unused_name
 from zoomorph.predict.inputs import first_non_numeric, iter_listing
 
 
@@ -85,7 +86,7 @@ class Listing:
         table = pq.read_table(_chunk_path(self.folder, k))
         path = table["path"]
         table = table.set_column(table.column_names.index("path"), "path",
-                                 pc.if_else(pc.starts_with(path, NO_PATH), None, path))
+                                 pc.if_else(pc.starts_with(path, UNUSABLE), None, path))
         columns = [table[f.name] if f.name in table.column_names else pa.nulls(len(table), f.type)
                    for f in self.schema]
         return pa.Table.from_arrays(columns, names=self.schema.names).cast(self.schema)

@@ -16,6 +16,7 @@ sidecar (`model.onnx.json`) records the preprocessing and the column names.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -104,22 +105,34 @@ def export_onnx(run_dir: Path, out: Path | None = None, *, int8: bool = False,
         "output": {"name": OUTPUT, "dtype": "float32",
                    "meaning": "class probabilities" if cfg.head == "classes" else "cumulative vote fractions"},
         "weights_sha256": weights_digest(run_dir),
+        "graph_sha256": _digest(out),  # a damaged or replaced graph no longer matches: it is re-exported
     }
     sidecar(out).write_text(json.dumps(meta | extra, indent=2))
     return out
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _is_current(path: Path, run_dir: Path, int8: bool) -> bool:
-    """The graph exists and was made from the run's weights (and, for int8, was quantised)."""
+    """The graph exists, is the one its sidecar describes (bytes intact), was made from the run's weights
+    and config (and, for int8, was quantised)."""
     if not (path.exists() and sidecar(path).exists()):
         return False
-    meta = json.loads(sidecar(path).read_text())
-    return meta.get("weights_sha256") == weights_digest(run_dir) and (not int8 or "quantization" in meta)
+    try:
+        meta = json.loads(sidecar(path).read_text())
+    except ValueError:  # a damaged sidecar: export again
+        return False
+    cfg = RunConfig.load(run_dir)
+    return (meta.get("graph_sha256") == _digest(path) and meta.get("weights_sha256") == weights_digest(run_dir)
+            and all(meta.get(k) == getattr(cfg, k) for k in ("model", "head", "classes", "image_size"))
+            and (not int8 or "quantization" in meta))
 
 
 def exported(run_dir: Path, int8: bool = False, say: Callable[[str], object] | None = None) -> Path:
-    """RUN/model.onnx (or model.int8.onnx), (re-)exported first when missing or made from other weights;
-    `say` hears about an export before it starts (it takes seconds, a minute with int8).
+    """RUN/model.onnx (or model.int8.onnx), (re-)exported first when missing, damaged, or made from other
+    weights or another config; `say` hears about an export before it starts (seconds, a minute with int8).
 
     A stale int8 graph is re-calibrated on the run's training images, not on earlier --calibration images.
     """
@@ -141,7 +154,7 @@ def onnx_forward(run_dir: Path, threads: int, int8: bool = False) -> Callable[[t
 
     path = graph_path(run_dir, int8)
     if not _is_current(path, run_dir, int8):
-        raise ValueError(f"{path} is missing or was made from other weights: export it first "
+        raise ValueError(f"{path} is missing, damaged or was made from other weights: export it again "
                          f"(`zoomorph export {run_dir}{' --int8' if int8 else ''}`)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

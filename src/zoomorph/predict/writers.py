@@ -11,10 +11,17 @@ the same listing and settings skips the parts already there; with different
 ones it refuses rather than mix stale rows in. When every part is there they
 are concatenated, one at a time (memory stays flat), into OUT (temporary file
 + rename) and the parts folder is removed.
+
+A finished OUT records what it is (the fingerprint, the format, the counts), so
+that the same call again knows it is done and no one else's file is taken for
+one of predict's: a Parquet OUT in its file metadata (key "zoomorph.predict"),
+a CSV in OUT.predict.json beside it, with OUT's size and modification time, so
+that a CSV edited or replaced since no longer counts as predict's.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,22 +32,37 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from zoomorph.files import replace_atomically
 from zoomorph.predict.listing import Listing
 from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN
 
 FORMATS = ("parquet", "csv", "kaggle")
 MANIFEST = "manifest.json"
+RECORD_KEY = b"zoomorph.predict"  # a Parquet OUT's record, in its file metadata
 
 
 def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def _replace_atomically(write, target: Path) -> None:
-    """Call write(tmp) and move tmp onto target: readers see the old file or the whole new one."""
-    tmp = target.with_name(target.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, target)
+def record_path(out: Path) -> Path:
+    """Where a CSV OUT's record is kept: a CSV has no room for it (a comment line would trip its readers)."""
+    return out.with_name(out.name + ".predict.json")
+
+
+def finished(out: Path) -> dict | None:
+    """What predict recorded when it assembled `out` (fingerprint, format, rows, ok, errors), or None when
+    `out` is not a finished output of predict."""
+    try:
+        meta = pq.read_metadata(out).metadata or {}
+        return json.loads(meta[RECORD_KEY]) if RECORD_KEY in meta else None
+    except (ValueError, OSError):  # not Parquet (ArrowInvalid), not there, or not its record
+        pass
+    try:
+        record, stat = json.loads(record_path(out).read_text()), out.stat()
+    except (OSError, ValueError):
+        return None
+    return record if [record.get("size"), record.get("mtime_ns")] == [stat.st_size, stat.st_mtime_ns] else None
 
 
 class PartWriter:
@@ -49,7 +71,7 @@ class PartWriter:
     def __init__(self, out: Path, listing: Listing, result_schema: pa.Schema, fingerprint: str):
         self.out, self.listing, self.result_schema = Path(out), listing, result_schema
         self.schema = pa.schema([*listing.schema, *result_schema])  # one schema for every part
-        self.dir = parts_dir(self.out)
+        self.dir, self.fingerprint = parts_dir(self.out), fingerprint
         self._buffers: dict[int, list[tuple[np.ndarray, pd.DataFrame]]] = {}
         self._check_manifest({"fingerprint": fingerprint, "rows": listing.rows, "chunk_size": listing.chunk_size})
 
@@ -63,7 +85,7 @@ class PartWriter:
                     f"{self.dir} to start over.")
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(lambda tmp: tmp.write_text(json.dumps(manifest)), path)
+        replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(manifest)))
 
     def part_path(self, chunk: int) -> Path:
         return self.dir / f"part-{chunk:05d}.parquet"
@@ -93,7 +115,7 @@ class PartWriter:
         results = pd.concat([f for _, f in pieces], ignore_index=True).iloc[order].reset_index(drop=True)
         results = pa.Table.from_pandas(results, schema=self.result_schema, preserve_index=False)
         table = pa.Table.from_arrays([*self.listing.chunk(chunk).columns, *results.columns], schema=self.schema)
-        _replace_atomically(lambda tmp: pq.write_table(table, tmp), self.part_path(chunk))
+        replace_atomically(self.part_path(chunk), lambda tmp: pq.write_table(table, tmp))
 
     def finish(self, fmt: str) -> tuple[int, int]:
         """Concatenate the parts into OUT in format `fmt`, remove the parts; (readable, unreadable) counts."""
@@ -101,9 +123,48 @@ class PartWriter:
         if missing:
             raise RuntimeError(f"cannot assemble {self.out}: parts {missing[:5]}... are missing")
         parts = [self.part_path(k) for k in range(self.listing.n_chunks)]
-        counts = _assemble(parts, self.out, fmt, self.schema)
+        counts = _assemble(parts, self.out, fmt, self.schema, {"fingerprint": self.fingerprint, "format": fmt})
         shutil.rmtree(self.dir)
         return counts
+
+    def written(self) -> tuple[int, int]:
+        """(parts, rows) on disk."""
+        done = [k for k in range(self.listing.n_chunks) if self.part_path(k).exists()]
+        return len(done), sum(stop - start for start, stop in map(self.listing.chunk_rows, done))
+
+
+def discard_parts(out: Path, fingerprint: str) -> None:
+    """Remove OUT.parts when it holds nothing to resume: no part, or parts of this very prediction, already
+    in OUT (a run stopped between writing OUT and removing its parts)."""
+    manifest = parts_dir(out) / MANIFEST
+    if not any(parts_dir(out).glob("part-*.parquet")) or (
+            manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint):
+        shutil.rmtree(parts_dir(out), ignore_errors=True)
+
+
+class DiskFull(OSError):
+    """No space left while predict wrote (ENOSPC, EDQUOT); the message says how far it got."""
+
+
+def is_disk_full(err: OSError) -> bool:
+    return err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(out: Path, writer: PartWriter | None) -> DiskFull:
+    """The error to raise when the disk filled up, saying what is kept and that rerunning continues."""
+    again = "Free some space and rerun the same command"
+    if writer is None:
+        return DiskFull(f"no space left on the disk while listing the inputs into {parts_dir(out)}: nothing "
+                        f"was predicted yet. {again}.")
+    parts, rows = writer.written()
+    n, total = writer.listing.n_chunks, writer.listing.rows
+    if parts < n:
+        return DiskFull(f"no space left on the disk while writing {writer.dir}: {parts} of {n} parts "
+                        f"({rows:,} of {total:,} rows) are written there. {again}: it continues from there.")
+    size = sum(writer.part_path(k).stat().st_size for k in range(n)) / 1e6
+    return DiskFull(f"no space left on the disk while assembling {out}: all {n} parts ({total:,} rows, "
+                    f"{size:,.1f} MB) are written in {writer.dir}, and {out} needs about as much again (more "
+                    f"as CSV). {again}: it only assembles {out}.")
 
 
 def errors_path(out: Path) -> Path:
@@ -111,7 +172,7 @@ def errors_path(out: Path) -> Path:
     return out.with_name(out.stem + ".errors.csv")
 
 
-def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema) -> tuple[int, int]:
+def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema, record: dict) -> tuple[int, int]:
     rows = errors = 0
     failures = errors_path(out)
     left_out = failures.with_name(failures.name + ".tmp")
@@ -124,11 +185,15 @@ def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema) -> tupl
             rows, errors = rows + len(failed), errors + int(failed.sum())
             yield table, failed
 
+    def counted() -> dict:
+        return record | {"rows": rows, "ok": rows - errors, "errors": errors}
+
     def write(tmp: Path) -> None:
         if fmt == "parquet":
             with pq.ParquetWriter(tmp, schema) as parquet:
                 for table, _ in tables():
                     parquet.write_table(table)
+                parquet.add_key_value_metadata({RECORD_KEY: json.dumps(counted())})
             return
         for i, (table, failed) in enumerate(tables()):
             frame = table.to_pandas(types_mapper=_integers)  # an id column with gaps stays integers in text
@@ -138,7 +203,15 @@ def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema) -> tupl
                 frame = frame.loc[~failed, ["id", *ANSWER_COLUMNS]].rename(columns={"id": ID_COLUMN})
             frame.to_csv(tmp, mode="a" if i else "w", header=i == 0, index=False)
 
-    _replace_atomically(write, out)
+    try:
+        replace_atomically(out, write)
+        if fmt != "parquet":  # the record goes beside the CSV, with what identifies this very file
+            stat = out.stat()
+            identity = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            replace_atomically(record_path(out), lambda tmp: tmp.write_text(json.dumps(counted() | identity)))
+    except BaseException:
+        left_out.unlink(missing_ok=True)
+        raise
     if fmt == "kaggle":  # the list goes with the submission; one from an earlier run would name the wrong files
         if errors:
             os.replace(left_out, failures)
