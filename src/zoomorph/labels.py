@@ -49,7 +49,8 @@ class Condition:
 
     def __str__(self) -> str:
         col = f"share({self.column})" if self.share else self.column
-        return f"{col} {self.op} {self.value:g}"
+        value = repr(float(self.value)).removesuffix(".0")  # the shortest text that parses back exactly
+        return f"{col} {self.op} {value}"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,16 @@ class Preset:
     @property
     def columns(self) -> set[str]:
         return {c.column for conds in self.rules.values() for c in conds}
+
+    def to_dict(self) -> dict:
+        """As JSON: the exact rules (conditions as their text), so a prepared folder records its labels."""
+        return {"name": self.name, "rules": {c: [str(x) for x in conds] for c, conds in self.rules.items()},
+                "conflicts": self.conflicts}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preset":
+        return cls(d["name"], {c: [Condition.parse(text) for text in conds] for c, conds in d["rules"].items()},
+                   d.get("conflicts", "exclude"))
 
 
 @dataclass

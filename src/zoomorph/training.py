@@ -266,9 +266,9 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
     L.seed_everything(seed, workers=True, verbose=False)
     dm = GalaxyDataModule(data, head, recipe.get("batch_size", 64), balance, seed)
     weights = dm.class_weights()
-    image_size = data.settings["image_size"]
+    image_size = data.image_size
     classes = data.classes if head == "classes" else list(ANSWER_COLUMNS)
-    config = RunConfig(model, head, classes, image_size, data.settings["fov"], data.settings.get("preset"),
+    config = RunConfig(model, head, classes, image_size, data.fov, data.preset_name,
                        str(data.root.resolve()), data.split_hash,
                        extra={"recipe": recipe, "balance": balance, "seed": seed, "deterministic": deterministic,
                               "versions": _versions(), "n_train": len(dm.train_rows), "n_val": len(dm.val_rows)})

@@ -119,8 +119,7 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
         counts[f"{name} (labelled)"] = int((labelled["split"] == name).sum())
     settings = {
         "classes": classes, "preset": chosen.name if chosen else "folders",
-        "rules": {c: [str(x) for x in conds] for c, conds in chosen.rules.items()} if chosen else None,
-        "conflicts": conflicts, "image_size": size, "fov": fov, "split_hash": split_hash,
+        "rules": chosen.to_dict()["rules"] if chosen else None, "conflicts": conflicts, "image_size": size, "fov": fov, "split_hash": split_hash,
         "split": {"val": val, "test": test, "seed": seed}, "cache_key": key,
         "images": str(images), "labels": str(labels) if labels else None, "counts": counts,
     }

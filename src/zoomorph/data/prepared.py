@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoomorph.labels import Preset
 from zoomorph.schema import ANSWER_COLUMNS
 
 SETTINGS_FILE = "prepared.json"
@@ -61,6 +62,30 @@ class PreparedData:
     @property
     def split_hash(self) -> str:
         return self.settings["split_hash"]
+
+    @property
+    def image_size(self) -> int:
+        """The cached images' side, pixels."""
+        return int(self.settings["image_size"])
+
+    @property
+    def fov(self) -> int:
+        """The central crop they were cut from, in Kaggle (424 px) pixels."""
+        return int(self.settings["fov"])
+
+    @property
+    def preset_name(self) -> str | None:
+        """The label preset's name ("folders" for class folders)."""
+        return self.settings.get("preset")
+
+    @property
+    def preset(self) -> Preset | None:
+        """The exact rules the labels came from (thresholds, conflict policy); None for class folders."""
+        rules = self.settings.get("rules")
+        if not rules:
+            return None
+        return Preset.from_dict({"name": self.preset_name or "rules", "rules": rules,
+                                 "conflicts": self.settings.get("conflicts", "exclude")})
 
     def indices(self, split: str = "train", labelled: bool = True) -> np.ndarray:
         """Row numbers of one split ("train", "val", "test" or "all")."""

@@ -65,7 +65,7 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, split: str = "val"
                  for k in range(8)]
         outputs["tta"] = np.mean(views, axis=0)
 
-    score = _score_classes if cfg.head == "classes" else partial(_score_votes, preset=_preset_of(data))
+    score = _score_classes if cfg.head == "classes" else partial(_score_votes, preset=data.preset)
     variants, predictions = {}, table[["row", "id", "label"]].copy()
     for name, out in outputs.items():
         variants[name], columns = score(out, table, cfg.classes, bootstrap)
@@ -88,8 +88,8 @@ def _data_for(cfg: RunConfig, data_dir: Path | None, run_dir: Path) -> PreparedD
     if data_dir is None and cfg.data is None:
         raise ValueError(f"{run_dir}: the run does not name its prepared data; pass data_dir")
     data = PreparedData.load(Path(data_dir or cfg.data))
-    if data.settings["image_size"] != cfg.image_size:
-        raise ValueError(f"{data.root} holds {data.settings['image_size']} px images; "
+    if data.image_size != cfg.image_size:
+        raise ValueError(f"{data.root} holds {data.image_size} px images; "
                          f"{run_dir} was trained on {cfg.image_size} px (prepare the data at that size)")
     if cfg.head == "classes" and data.classes != list(cfg.classes):
         raise ValueError(f"{data.root} has classes {data.classes}; {run_dir} predicts {list(cfg.classes)}")
@@ -131,17 +131,6 @@ def _score_votes(fractions: np.ndarray, table: pd.DataFrame, classes: list[str],
         metrics["coverage"] = float((y_pred != index[NO_CLASS]).mean())
         metrics["classes"], metrics["preset"] = names, preset.name
     return metrics, columns
-
-
-def _preset_of(data: PreparedData):
-    """The exact rules the data's labels came from (preset, thresholds, conflict policy), or None."""
-    from zoomorph.labels import Condition, Preset
-
-    rules = data.settings.get("rules")
-    if not rules:
-        return None
-    conditions = {name: [Condition.parse(text) for text in conds] for name, conds in rules.items()}
-    return Preset(data.settings.get("preset", "rules"), conditions, data.settings.get("conflicts", "exclude"))
 
 
 def preset_labels(fractions: np.ndarray, ids: pd.Series, preset) -> pd.Series:

@@ -114,7 +114,7 @@ def _data_summary(data: PreparedData | None) -> str:
     table = data.table
     counts = pd.crosstab(table["label"].fillna("(unassigned)"), table["split"], margins=True, margins_name="all")
     text = (f"<p>{len(table):,} images in <code>{html.escape(str(data.root))}</code>, "
-            f"{data.settings['image_size']} px, preset <b>{html.escape(str(data.settings.get('preset')))}</b>.</p>"
+            f"{data.image_size} px, preset <b>{html.escape(str(data.preset_name))}</b>.</p>"
             "\n<h3>Images per class and split</h3>\n"
             + html_table([[name, *row] for name, row in zip(counts.index, counts.to_numpy().tolist())],
                      ["class", *counts.columns]))

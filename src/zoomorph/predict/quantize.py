@@ -43,7 +43,7 @@ def _prepared(cfg: RunConfig) -> PreparedData | None:
         data = PreparedData.load(Path(cfg.data)) if cfg.data else None
     except (FileNotFoundError, ValueError):
         return None
-    if data is None or data.images.shape[1] != cfg.image_size or data.settings.get("fov") != cfg.fov:
+    if data is None or data.images.shape[1] != cfg.image_size or data.fov != cfg.fov:
         return None
     return data if cfg.head != "classes" or data.classes == cfg.classes else None
 
