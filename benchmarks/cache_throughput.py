@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from zoomorph.data.cache import build_cache
-from zoomorph.data.images import list_images, load
 from zoomorph.data.prepare import DEFAULT_FOV
+from zoomorph.io.decode import load
+from zoomorph.io.sources import input_sources
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-q1" / "images"
 
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--fov", type=int, default=DEFAULT_FOV)
     parser.add_argument("--limit", type=int, default=6000)
     args = parser.parse_args()
-    sources = list_images(args.images)[: args.limit]
+    sources = list(input_sources(str(args.images)))[: args.limit]
     for s in sources[:200]:  # warm the page cache so both runs read from memory
         Path(s).read_bytes()
     for s in sources:

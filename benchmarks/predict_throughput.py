@@ -38,16 +38,15 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from zoomorph.data.images import KAGGLE_SIZE, fov_crop, list_images, load
 from zoomorph.data.prepare import DEFAULT_FOV
-from zoomorph.inference import outputs_to_probs, to_input
+from zoomorph.inference import PixelModel, onnx_forward, outputs_to_probs, to_input
+from zoomorph.io.decode import KAGGLE_SIZE, decode_batch, fov_crop, load
+from zoomorph.io.sources import input_sources
 from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict
-from zoomorph.predict.engine import BACKENDS, batch_size_for, chosen_backend, default_workers, ordered
-from zoomorph.predict.inputs import decode_batch
-from zoomorph.predict.onnx import onnx_forward
-from zoomorph.predict.predictor import PixelModel
-from zoomorph.runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, build_model, load_run, save_weights
+from zoomorph.predict.engine import BACKENDS, chosen_backend
+from zoomorph.predict.local_engine import batch_size_for, default_workers, ordered
+from zoomorph.runs import Run, RunConfig, build_model
 from zoomorph.training import DEFAULT_MODEL
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-test"
@@ -57,20 +56,21 @@ def make_run(root: Path, model: str, size: int | None = None) -> Path:
     cfg = RunConfig(model=model, head="classes", classes=["elliptical", "spiral", "other"],
                     image_size=size or model_spec(model).default_image_size, fov=DEFAULT_FOV)
     cfg.save(root / "run")
-    save_weights(root / "run", build_model(cfg))
+    Run(root / "run", cfg).save_weights(build_model(cfg))
     return root / "run"
 
 
 def copy_run(run: Path, root: Path) -> Path:
     """The run's config and weights (not its exports): every graph below is made and timed afresh."""
     (root / "run").mkdir()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        shutil.copy(run / name, root / "run" / name)
+    original = Run.open(run)
+    for path in (original.config_file, original.weights_file):
+        shutil.copy(path, root / "run" / path.name)
     return root / "run"
 
 
 def sources(n: int) -> list[str]:
-    files = list_images(IMAGES)
+    files = list(input_sources(str(IMAGES)))
     return (files * (n // len(files) + 1))[:n]
 
 
@@ -126,7 +126,8 @@ def naive(run: str, n: int, repeats: int = 3) -> list[float]:
     After a warm-up, `repeats` times: on 2 cores its speed varies by a third or more from one
     pass to the next (torch's two threads at batch 1), and the ratio is taken against the fastest.
     """
-    model, cfg = load_run(Path(run))
+    run = Run.open(Path(run))
+    model, cfg = run.load_model(), run.config
     files = sources(n)
 
     def classify(f: str) -> None:
@@ -163,8 +164,8 @@ def inference_only(run: str, threads: int, batch: int = batch_size_for(cuda=Fals
                    rounds: int = 3) -> dict[str, float]:
     """images/s of each backend on the same decoded uint8 batch (no decoding), with `threads` threads:
     the fastest of `rounds` rounds, the backends taking turns in each."""
-    run = Path(run)
-    model, cfg = load_run(run)
+    run = Run.open(Path(run))
+    model, cfg = run.load_model(), run.config
     pixels = torch.from_numpy(np.stack([load(s, cfg.image_size, cfg.fov).pixels for s in sources(batch)]))
     torch.set_num_threads(threads)
     forwards = {"torch": PixelModel(model, cfg.head).to(memory_format=torch.channels_last),
@@ -207,7 +208,7 @@ def main() -> None:
         export_onnx(run, int8=True, calibration=None if args.run else sources(1024))
         print(f"model {cfg.model} at {cfg.image_size} px, fov {cfg.fov}/{KAGGLE_SIZE}; {os.cpu_count()} cores: "
               f"{default_workers(args.workers)} worker processes (each decodes and predicts, one thread); "
-              f"{len(list_images(IMAGES))} distinct JPEGs", flush=True)
+              f"{len(list(input_sources(str(IMAGES))))} distinct JPEGs", flush=True)
         runs = {backend: fresh("predict_speed", str(run), args.inputs, str(Path(tmp) / f"{backend}.parquet"),
                                backend, args.workers)
                 for backend in BACKENDS}

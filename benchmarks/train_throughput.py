@@ -48,7 +48,7 @@ def main() -> None:
     cases = {}  # (name, channels_last) -> (images per step, step)
     for name in args.models:
         spec = model_spec(name)
-        batch = args.batch_size or spec.recipe["batch_size"]
+        batch = args.batch_size or spec.recipe.batch_size
         for channels_last in (False, True):
             step = training_step(name, spec.default_image_size, batch, channels_last)
             step(), step()  # warm-up: oneDNN builds its kernels on first use

@@ -20,9 +20,9 @@ import pandas as pd
 from zoomorph.data.prepare import prepare
 from zoomorph.data.synthetic import make_synthetic
 from zoomorph.evaluation.metrics import kaggle_rmse
-from zoomorph.inference import predict_array
+from zoomorph.inference import Predictor
 from zoomorph.labels import assign
-from zoomorph.runs import load_run
+from zoomorph.runs import Run
 from zoomorph.schema import ANSWER_COLUMNS
 from zoomorph.training import train
 
@@ -41,11 +41,11 @@ def main() -> None:
                    preset="hubble", progress=False).data
     train(data, model=args.model, head="votes", run_dir=args.out / "run", epochs=args.epochs, resume=False,
           progress=False)
-    net, _ = load_run(args.out / "run")
+    net = Run.open(args.out / "run").load_model()
 
     train_rows, val_rows = data.indices("train", labelled=False), data.indices("val", labelled=False)
     truth = data.table.iloc[val_rows][ANSWER_COLUMNS].to_numpy()
-    predicted = predict_array(net, data.images[val_rows], head="votes")
+    predicted = Predictor.from_model(net, "votes").probabilities(data.images[val_rows])
     mean = np.broadcast_to(data.table.iloc[train_rows][ANSWER_COLUMNS].to_numpy().mean(0), truth.shape)
     ids = data.table.iloc[val_rows]["id"].to_numpy()
     derived = assign(pd.DataFrame(predicted, index=ids, columns=ANSWER_COLUMNS), "hubble").labels

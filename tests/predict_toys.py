@@ -57,7 +57,7 @@ def make_run(root: Path, model: str = "toy-pooled", head: str = "classes", image
     run = root / f"run-{model}-{head}"
     cfg.save(run)
     torch.manual_seed(seed)
-    runs.save_weights(run, toy_model(cfg))
+    runs.Run(run, cfg).save_weights(toy_model(cfg))
     return run
 
 

@@ -2,8 +2,9 @@ import os
 
 import numpy as np
 
+from zoomorph.data import cache
 from zoomorph.data.cache import build_cache, cache_key, drop_rows
-from zoomorph.data.images import KAGGLE_SIZE, decode, load
+from zoomorph.io.decode import KAGGLE_SIZE, decode, load
 from zoomorph.data.prepare import prepare
 from conftest import jpeg_bytes
 
@@ -16,6 +17,18 @@ def test_cache_equals_fresh_decode(kaggle_dir, tmp_path):
     assert cache.shape == (30, 48, 48, 3) and cache.dtype == np.uint8
     for i, s in enumerate(sources):
         np.testing.assert_array_equal(cache[i], load(s, 48, 207).pixels)
+
+
+def test_workers_0_decodes_in_this_process(kaggle_dir, tmp_path, monkeypatch):
+    sources = sorted(str(p) for p in (kaggle_dir / "images").glob("*.jpg"))
+    build_cache(sources, tmp_path / "pool.npy", size=32, fov=256, workers=2, progress=False)
+
+    def no_pool(*args):
+        raise AssertionError("workers=0 started a process pool")
+
+    monkeypatch.setattr(cache.mp, "get_context", no_pool)
+    build_cache(sources, tmp_path / "here.npy", size=32, fov=256, workers=0, progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "here.npy"), np.load(tmp_path / "pool.npy"))
 
 
 def test_decode_crops_the_central_field_of_view():

@@ -8,8 +8,8 @@ from rich.console import Console
 from tiny_runs import make_run, prepared_folder
 
 from zoomorph.evaluation import evaluate
-from zoomorph.evaluation.evaluate import evaluate_run, format_metrics_table, predictions_file
-from zoomorph.runs import METRICS_FILE, load_run, save_weights
+from zoomorph.evaluation.evaluate import evaluate_run, format_metrics_table
+from zoomorph.runs import Run
 from zoomorph.schema import ANSWER_COLUMNS
 
 
@@ -21,13 +21,13 @@ def data(tmp_path_factory):
 def test_classes_run(data, tmp_path):
     run = make_run(tmp_path / "run", data)
     metrics = evaluate_run(run, split="val", bootstrap=200)
-    assert json.loads((run / METRICS_FILE).read_text()) == metrics
+    assert json.loads(Run.open(run).metrics_file.read_text()) == metrics
     val = data.indices("val")
     assert metrics["n"] == len(val) and metrics["split"] == "val"
     assert metrics["split_hash"] == metrics["trained_split_hash"] == data.split_hash
     assert list(metrics["variants"]) == ["plain"]
 
-    preds = pd.read_parquet(predictions_file(run, "val"))
+    preds = pd.read_parquet(Run.open(run).predictions_file("val"))
     assert preds["id"].tolist() == data.table["id"].iloc[val].tolist()
     assert preds["row"].tolist() == val.tolist()
     probs = preds[[f"prob_{c}" for c in data.classes]].to_numpy()
@@ -53,14 +53,14 @@ def test_tta_averages_the_eight_dihedral_views(data, tmp_path):
     run = make_run(tmp_path / "run", data)
     metrics = evaluate_run(run, tta=True, bootstrap=50)
     assert list(metrics["variants"]) == ["plain", "tta"]
-    preds = pd.read_parquet(predictions_file(run, "val"))
+    preds = pd.read_parquet(Run.open(run).predictions_file("val"))
     assert not np.allclose(preds["prob_spiral"], preds["prob_spiral_tta"], atol=1e-4)
 
     # Galaxies that look the same in every view: the average of the views is the plain prediction.
     shutil.copytree(data.root, tmp_path / "symmetric")
     np.save(tmp_path / "symmetric" / "images.npy", symmetrised(np.asarray(data.images)))
     evaluate_run(run, data_dir=tmp_path / "symmetric", tta=True, bootstrap=50)
-    preds = pd.read_parquet(predictions_file(run, "val"))
+    preds = pd.read_parquet(Run.open(run).predictions_file("val"))
     for c in data.classes:
         assert np.allclose(preds[f"prob_{c}"], preds[f"prob_{c}_tta"], atol=1e-5)
 
@@ -71,7 +71,7 @@ def test_votes_run_scores_rmse_and_the_preset_classes(data, tmp_path, monkeypatc
     plain = metrics["variants"]["plain"]
     rows = data.indices("val", labelled=False)  # every galaxy has fractions, labelled or not
     assert metrics["n"] == len(rows)
-    preds = pd.read_parquet(predictions_file(run, "val"))
+    preds = pd.read_parquet(Run.open(run).predictions_file("val"))
     predicted = preds[[f"pred_{c}" for c in ANSWER_COLUMNS]].to_numpy()
     truth = data.table[ANSWER_COLUMNS].to_numpy()[rows]
     assert plain["rmse"] == pytest.approx(np.sqrt(np.mean((predicted - truth) ** 2)))
@@ -81,26 +81,26 @@ def test_votes_run_scores_rmse_and_the_preset_classes(data, tmp_path, monkeypatc
     assert 0 <= plain["coverage"] <= 1
 
     # An oracle that predicts the true fractions: the preset must give back exactly the prepared labels.
-    monkeypatch.setattr(evaluate, "predict_array", lambda model, images, head, *a, **kw: truth)
+    monkeypatch.setattr(evaluate.Predictor, "probabilities", lambda self, images, *a, **kw: truth)
     oracle = evaluate_run(run, bootstrap=50)["variants"]["plain"]
     assert oracle["rmse"] == 0 and oracle["accuracy"] == 1 and oracle["coverage"] == 1
-    preds = pd.read_parquet(predictions_file(run, "val"))
+    preds = pd.read_parquet(Run.open(run).predictions_file("val"))
     assert preds["pred"].tolist() == preds["label"].tolist()
 
 
 def test_refuses_data_the_run_cannot_read(data, tmp_path):
     run = make_run(tmp_path / "run", data)
-    model, cfg = load_run(run)
+    model, cfg = Run.open(run).load_model(), Run.open(run).config
     cfg.image_size = 64
     cfg.save(run)
     with pytest.raises(ValueError, match="says image_size 64, but .* was trained at 32 px"):
         evaluate_run(run)  # the weights know their size
-    save_weights(run, model)  # as if trained at 64 px (the tiny model pools globally): the data are not
+    Run.open(run).save_weights(model)  # as if trained at 64 px (the tiny model pools globally): the data are not
     with pytest.raises(ValueError, match="64 px"):
         evaluate_run(run)
     cfg.image_size, cfg.data = 32, None
     cfg.save(run)
-    save_weights(run, model)
+    Run.open(run).save_weights(model)
     with pytest.raises(ValueError, match="pass data_dir"):
         evaluate_run(run)
     assert evaluate_run(run, data_dir=data.root, bootstrap=10)["data"] == str(data.root)

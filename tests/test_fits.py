@@ -1,4 +1,4 @@
-"""FITS cutouts: band -> RGB mapping, row order, and prediction on .fits/.fits.gz files."""
+"""FITS cutouts: band -> RGB mapping, row order, prediction on .fits/.fits.gz files, and preparing them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import pytest
 from astropy.io import fits
 from predict_toys import CLASSES, make_run, toy_model
 
+from conftest import random_solutions
 from zoomorph import runs
+from zoomorph.data.prepare import prepare
 from zoomorph.predict import predict
-from zoomorph.predict.fits import load_fits, to_rgb
+from zoomorph.io.decode import load
+from zoomorph.io.fits import to_rgb
 
 
 def galaxy(side: int = 48, seed: int = 0) -> np.ndarray:
@@ -44,10 +47,10 @@ def test_nan_pixels_and_bad_cubes(tmp_path):
     plane = galaxy()
     plane[:5, :5] = np.nan
     fits.PrimaryHDU(plane).writeto(tmp_path / "masked.fits")
-    assert load_fits(str(tmp_path / "masked.fits"), 16, 424).pixels.shape == (16, 16, 3)
+    assert load(str(tmp_path / "masked.fits"), 16, 424).pixels.shape == (16, 16, 3)
     fits.PrimaryHDU(np.stack([galaxy()] * 5)).writeto(tmp_path / "five.fits")
     with pytest.raises(ValueError, match="5 planes"):
-        load_fits(str(tmp_path / "five.fits"), 16, 424)
+        load(str(tmp_path / "five.fits"), 16, 424)
 
 
 def test_predict_on_fits_cutouts(tmp_path, monkeypatch):
@@ -64,3 +67,23 @@ def test_predict_on_fits_cutouts(tmp_path, monkeypatch):
     assert out["id"].tolist() == [587722, 587723, 587724]
     assert out["error"][:2].tolist() == ["", ""] and "FITS" in out["error"][2]
     np.testing.assert_allclose(out[[f"p_{c}" for c in CLASSES]][:2].sum(axis=1), 1, atol=1e-5)
+
+
+def test_prepare_caches_fits_cutouts_as_predict_decodes_them(tmp_path):
+    cutouts = tmp_path / "cutouts"
+    cutouts.mkdir()
+    ids = list(range(587700, 587712))
+    for i, gid in enumerate(ids):
+        cube = np.stack([galaxy(seed=3 * i + b) for b in range(3)]).astype(np.float32)
+        fits.PrimaryHDU(cube if i % 2 else cube[1]).writeto(cutouts / f"{gid}.fits{'.gz' if i % 3 == 0 else ''}")
+    random_solutions(ids).to_csv(tmp_path / "solutions.csv")
+
+    summary = prepare(cutouts, tmp_path / "solutions.csv", tmp_path / "p", size=16, fov=424, workers=0,
+                      progress=False)
+    data = summary.data
+    assert summary.counts["images found"] == summary.counts["cached images"] == 12
+    assert data.table["id"].tolist() == [str(g) for g in ids]
+    for row, source in enumerate(data.table["source"]):
+        np.testing.assert_array_equal(data.images[row], load(source, 16, 424).pixels)
+    converted = pd.read_csv(tmp_path / "p" / "skipped.csv").query("action == 'converted'")["reason"]
+    assert sorted(set(converted)) == ["FITS, 1 band as grey", "FITS, 3 bands"]

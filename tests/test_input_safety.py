@@ -11,13 +11,14 @@ from typer.testing import CliRunner
 
 from conftest import jpeg_bytes, random_solutions
 from zoomorph.cli import app
-from zoomorph.data import images as images_module
-from zoomorph.data.catalog import Report, build_catalog, read_labels
+from zoomorph.data.labelled import Report, build_catalog, read_labels
 from zoomorph.data.prepare import PrepareRefused, prepare, refused_report
 from zoomorph.data.prepared import PreparedData, check_classes
+from zoomorph.io import sources as sources_module
+from zoomorph.io.decode import decode_batch
+from zoomorph.io.inputs import frame_sources, iter_listing
 from zoomorph.labels import get_preset
 from zoomorph.predict import predict
-from zoomorph.predict.inputs import decode_batch, iter_listing
 
 runner = CliRunner()
 FAST = dict(size=16, workers=1, progress=False)
@@ -103,7 +104,7 @@ def awkward_folder(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return scandir(path)
 
-    monkeypatch.setattr(images_module.os, "scandir", refusing)
+    monkeypatch.setattr(sources_module.os, "scandir", refusing)
     return folder
 
 
@@ -146,7 +147,7 @@ def test_prepare_reports_a_catalogue_row_without_a_path_as_predict_does(kaggle_d
     assert row["item"].tolist() == [str(catalogue)]
     assert row["reason"].tolist() == ["row 3 (data rows counted from 1) has no path"]
     assert summary.counts["images found"] == 30 and summary.counts["cached images"] == 29
-    predicted = next(iter_listing([catalogue], 64))["path"][2]  # what predict decodes for that row
+    predicted = frame_sources(next(iter_listing([catalogue], 64)))[2]  # what predict decodes for that row
     assert decode_batch((0, [predicted], 16, 256))[2] == [f"{row['item'].item()}: {row['reason'].item()}"]
 
 

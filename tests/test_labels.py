@@ -3,7 +3,7 @@ import pytest
 
 from conftest import REAL_DATA, needs_real_data, random_solutions
 from zoomorph import labels, schema
-from zoomorph.data.catalog import read_labels
+from zoomorph.data.labelled import read_labels
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

@@ -10,9 +10,11 @@ import pytest
 from predict_toys import CLASSES, make_run, toy_model, write_images
 
 from zoomorph import runs
-from zoomorph.data.images import ImageError
-from zoomorph.predict import expand_inputs, predict
-from zoomorph.predict.inputs import iter_listing, read_image
+from zoomorph.io.decode import load
+from zoomorph.io.inputs import expand_inputs, iter_listing
+from zoomorph.io.sources import ImageError, Unusable
+from zoomorph.predict import predict
+from zoomorph.predict.guards import check_not_listed
 from zoomorph.predict.listing import Listing
 
 
@@ -166,7 +168,7 @@ def test_a_row_without_a_path_is_named_by_catalogue_and_row_across_chunks(tmp_pa
     pq.write_table(pa.table({"path": ["c.jpg", None], "ra": [5, 6]}), tmp_path / "cat.parquet")
     listing = Listing.scan([tmp_path / "cat.csv", tmp_path / "cat.parquet"], tmp_path / "parts", chunk_size=3)
     sources = listing.sources(0) + listing.sources(1)
-    missing = [read_error(s) for s in sources if not s.endswith(".jpg")]
+    missing = [read_error(s) for s in sources if isinstance(s, Unusable)]
     assert missing == [f"{tmp_path / 'cat.csv'}: row 2 (data rows counted from 1) has no file",
                        f"{tmp_path / 'cat.csv'}: row 4 (data rows counted from 1) has no file",
                        f"{tmp_path / 'cat.parquet'}: row 2 (data rows counted from 1) has no path"]
@@ -177,7 +179,23 @@ def test_a_row_without_a_path_is_named_by_catalogue_and_row_across_chunks(tmp_pa
     assert whole["path"].isna().tolist() == whole["id"].isna().tolist() == [False, True, False, True, False, True]
 
 
-def read_error(source: str) -> str:
+def read_error(source: Unusable) -> str:
     with pytest.raises(ImageError) as err:
-        read_image(source, 64, 256)
+        load(source, 64, 256)
     return str(err.value)
+
+
+def test_an_unusable_row_travels_as_data_beside_its_path(tmp_path):
+    """The listing keeps an Unusable row's item and reason in columns of their own; the output's columns
+    leave the error to decoding, and the --out guard passes over such rows."""
+    write_images(tmp_path / "images", range(1000, 1002))
+    out = tmp_path / "images" / "1001.jpg"
+    (tmp_path / "cat.csv").write_text(f"path,ra\nimages/1000.jpg,1\n,2\n{out},3\n")
+    listing = Listing.scan([tmp_path / "cat.csv"], tmp_path / "parts", chunk_size=8)
+    stored = pq.read_table(tmp_path / "parts" / "listing-00000.parquet")
+    assert stored.column_names == ["id", "path", "error", "ra"]
+    assert stored["error"].to_pylist() == [None, "row 2 (data rows counted from 1) has no path", None]
+    assert listing.sources(0)[1] == Unusable(str(tmp_path / "cat.csv"), "row 2 (data rows counted from 1) has no path")
+    assert listing.schema.names == ["id", "path", "ra"] and listing.chunk(0)["path"].null_count == 1
+    with pytest.raises(ValueError, match="is an input: it is listed as"):
+        check_not_listed(out, listing)

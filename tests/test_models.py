@@ -42,9 +42,32 @@ def test_seed_models_reject_images_too_small_for_their_convs():
         create_model("seed-model1", image_size=64)
 
 
-def test_model_spec_recipe_is_a_copy():
-    model_spec("resnet").recipe["lr"] = 123.0
-    assert model_spec("resnet").recipe["lr"] != 123.0
+def test_model_spec_recipe_cannot_be_changed_in_place():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model_spec("resnet").recipe.lr = 123.0
+    assert model_spec("resnet").recipe.lr != 123.0
+    changed = model_spec("resnet").recipe.but(lr=123.0, epochs=None)  # None: keep the recipe's
+    assert changed.lr == 123.0 and changed.epochs == model_spec("resnet").recipe.epochs
+
+
+def test_a_recipe_round_trips_through_json_and_refuses_nonsense():
+    import json
+
+    from zoomorph.models.recipe import Recipe
+
+    recipe = model_spec("seed-model2").recipe
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    assert Recipe.from_dict({"lr": 0.1}) == Recipe(lr=0.1)  # a run made before a field existed
+    for bad in (dict(optimizer="sgd"), dict(scheduler="step"), dict(lr=0), dict(batch_size=-1)):
+        with pytest.raises(ValueError):
+            Recipe(**bad)
+
+
+def test_seed_models_declare_their_own_image_size_and_field_of_view():
+    assert (model_spec("seed-model2").default_image_size, model_spec("seed-model2").default_fov) == (150, 150)
+    assert (model_spec("convnet-lite").default_image_size, model_spec("convnet-lite").default_fov) == (64, 256)
 
 
 def test_registry_lists_at_least_the_required_models():
@@ -65,8 +88,8 @@ def test_unknown_head_raises():
 def test_spec_has_a_full_recipe(name):
     spec = model_spec(name)
     assert spec.name == name and spec.description and spec.default_image_size > 0
-    assert RECIPE_KEYS <= set(spec.recipe)
-    assert spec.recipe["optimizer"] in ("adam", "adamw")
+    assert RECIPE_KEYS <= set(spec.recipe.to_dict())
+    assert spec.recipe.optimizer in ("adam", "adamw")
 
 
 @pytest.mark.parametrize("name", MODELS)

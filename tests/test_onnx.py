@@ -11,7 +11,7 @@ import pytest
 from predict_toys import make_run, toy_model, write_images
 
 from zoomorph import runs
-from zoomorph.predict import export_onnx, onnx, predict
+from zoomorph.predict import engine, export_onnx, predict
 
 pytestmark = pytest.mark.slow  # each export traces the model with torch.export (~5 s)
 
@@ -79,7 +79,7 @@ def test_auto_backend_is_onnx_on_a_cpu_torch_for_mc_dropout_and_when_export_fail
     def no_export(*args, **kwargs):
         raise PermissionError(f"{run}: read-only")
 
-    monkeypatch.setattr(onnx, "exported", no_export)
+    monkeypatch.setattr(engine, "exported", no_export)
     with pytest.warns(UserWarning, match="read-only.*predicting with torch"):
         fallback = predict(run, images, tmp_path / "f.parquet", workers=0, progress=False)
     assert fallback.backend == "torch"

@@ -13,11 +13,12 @@ from predict_toys import CLASSES, jpeg, make_run, write_images
 
 from zoomorph import runs
 from zoomorph.data.augment import dihedral
-from zoomorph.data.images import load
 from zoomorph.inference import outputs_to_probs, to_input
+from zoomorph.io.decode import load
+from zoomorph.io.ids import source_id
+from zoomorph.io.inputs import expand_inputs
 from zoomorph.labels import assign
-from zoomorph.predict import expand_inputs, predict, writers
-from zoomorph.predict.inputs import source_id
+from zoomorph.predict import predict, writers
 from zoomorph.schema import ANSWER_COLUMNS
 
 P_COLUMNS = [f"p_{c}" for c in CLASSES]
@@ -33,7 +34,8 @@ def images(tmp_path):
 
 def expected(run, sources, transform=None) -> np.ndarray:
     """The run's model on images.load's pixels: the same preprocessing as training."""
-    model, cfg = runs.load_run(run)
+    run = runs.Run.open(run)
+    model, cfg = run.load_model(), run.config
     pixels = torch.from_numpy(np.stack([load(str(s), cfg.image_size, cfg.fov).pixels for s in sources]))
     with torch.inference_mode():
         x = to_input(pixels)

@@ -29,11 +29,12 @@ import json, sys, time
 sys.path.insert(0, {tests!r})
 from predict_toys import toy_model
 from zoomorph import runs
-from zoomorph.predict import predict, predictor
+from zoomorph.predict import predict
+from zoomorph.predict.results import ResultRows
 runs.build_model = toy_model
 if sys.argv[1] == "slow":
-    results = predictor.Predictor.results
-    predictor.Predictor.results = lambda self, *a, **k: (time.sleep(0.02), results(self, *a, **k))[1]
+    of_batch = ResultRows.of_batch
+    ResultRows.of_batch = lambda self, *a, **k: (time.sleep(0.02), of_batch(self, *a, **k))[1]
 summary = predict({run!r}, [{images!r}], {out!r}, **{options!r})
 print(json.dumps(dict(total=summary.total, predicted=summary.predicted, errors=summary.errors)))
 """

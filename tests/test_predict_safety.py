@@ -21,7 +21,6 @@ from zoomorph import runs
 from zoomorph.cli import app
 from zoomorph.predict import export_onnx, predict
 from zoomorph.predict import writers
-from zoomorph.predict.onnx import sidecar
 from zoomorph.predict.writers import DiskFull, errors_path, parts_dir, record_path
 
 pytestmark = pytest.mark.usefixtures("toys")
@@ -128,9 +127,9 @@ def _damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["random", "truncated"])
 def test_a_damaged_model_pt_is_one_clear_error_everywhere(tmp_path, images, how):
     run = make_run(tmp_path)
-    _damage(run / runs.WEIGHTS_FILE, how)
+    _damage(runs.Run.open(run).weights_file, how)
     with pytest.raises(runs.RunFileError, match=r"model.pt is damaged .*retrain the run"):
-        runs.load_run(run)
+        runs.Run.open(run).load_model()
     for backend in ("torch", "auto"):
         with pytest.raises(runs.RunFileError, match="model.pt is damaged"):
             predict(run, [images], tmp_path / "p.parquet", backend=backend, workers=0, progress=False)
@@ -147,20 +146,21 @@ def test_weights_that_do_not_fit_config_json_are_refused(tmp_path, images):
     (older runs: in summary.json) and compared; other classes fail load_state_dict, named as such."""
     run = make_run(tmp_path)  # toy-pooled at 16 px: per-pixel features, then a mean
     export_onnx(run)
-    config = json.loads((run / runs.CONFIG_FILE).read_text())
-    (run / runs.CONFIG_FILE).write_text(json.dumps(config | {"image_size": 24}))
+    files = runs.Run.open(run)
+    config = json.loads(files.config_file.read_text())
+    files.config_file.write_text(json.dumps(config | {"image_size": 24}))
     for backend in ("torch", "onnx"):  # the graph made at 16 px is not taken for the 24 px config either
         with pytest.raises(runs.RunFileError, match="says image_size 24, but .*model.pt was trained at 16 px"):
             predict(run, [images], tmp_path / "p.parquet", backend=backend, workers=0, progress=False)
-    state = torch.load(run / runs.WEIGHTS_FILE, weights_only=True)
+    state = torch.load(files.weights_file, weights_only=True)
     del state._metadata[runs.RECORD]  # as an older run wrote it
-    torch.save(state, run / runs.WEIGHTS_FILE)
-    (run / runs.SUMMARY_FILE).write_text(json.dumps({"image_size": 16}))
+    torch.save(state, files.weights_file)
+    files.summary_file.write_text(json.dumps({"image_size": 16}))
     with pytest.raises(runs.RunFileError, match="trained at 16 px"):
-        runs.load_run(run)
-    (run / runs.CONFIG_FILE).write_text(json.dumps(config | {"classes": ["a", "b"]}))
+        runs.Run.open(run).load_model()
+    files.config_file.write_text(json.dumps(config | {"classes": ["a", "b"]}))
     with pytest.raises(runs.RunFileError, match=r"does not fit .*2 outputs, 16 px\): size mismatch"):
-        runs.load_run(run)
+        runs.Run.open(run).load_model()
 
 
 def test_a_damaged_onnx_graph_beside_its_sidecar_is_exported_again(tmp_path, images):
@@ -168,7 +168,7 @@ def test_a_damaged_onnx_graph_beside_its_sidecar_is_exported_again(tmp_path, ima
     graph = export_onnx(run)
     graph.write_bytes(b"not a protobuf at all" * 50)
     out = predict(run, [images], tmp_path / "onnx.parquet", backend="onnx", workers=0, progress=False).out
-    assert json.loads(sidecar(graph).read_text())["graph_sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
+    assert json.loads(runs.sidecar(graph).read_text())["graph_sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
     torch_out = predict(run, [images], tmp_path / "torch.parquet", **FAST).out
     values = [c for c in pd.read_parquet(out).columns if c.startswith("p_")]
     pd.testing.assert_frame_equal(pd.read_parquet(out)[values], pd.read_parquet(torch_out)[values], atol=1e-4)

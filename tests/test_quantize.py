@@ -160,7 +160,7 @@ def test_untrained_convnets_quantise_and_only_lite_fuses_its_activations(tmp_pat
     # on which onnxruntime's percentile histograms fail: the export must still succeed.
     cfg = runs.RunConfig(model=model, head="classes", classes=["a", "b"], image_size=32, fov=207)
     cfg.save(tmp_path / "run")
-    runs.save_weights(tmp_path / "run", runs.build_model(cfg))
+    runs.Run(tmp_path / "run", cfg).save_weights(runs.build_model(cfg))
     images = write_images(tmp_path / "images", range(16))
     path = export_onnx(tmp_path / "run", int8=True, calibration=images)
     quantization = json.loads((tmp_path / "run" / "model.int8.onnx.json").read_text())["quantization"]

@@ -21,8 +21,9 @@ def test_predict_imports_and_explains_without_ray(tmp_path):
     code = ("import sys; sys.modules['ray'] = None\n"
             "import zoomorph.predict.engine\n"
             "from zoomorph.predict.ray_engine import ray_results\n"
+            "from zoomorph.predict.results import PredictOptions\n"
             "try:\n    next(ray_results(None, [], batch_size=1, actors=None, ray_address=None,"
-            " predictor_options={}))\n"
+            " options=PredictOptions()))\n"
             "except ImportError as err:\n    print(err)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "pip install zoomorph[ray]" in done.stdout, done.stderr
@@ -39,7 +40,7 @@ def test_ray_engine_equals_local_engine(tmp_path, monkeypatch):
     cfg = RunConfig(model="convnet", head="classes", classes=CLASSES, image_size=32, fov=212)
     cfg.save(run)
     torch.manual_seed(0)
-    runs.save_weights(run, runs.build_model(cfg))
+    runs.Run(run, cfg).save_weights(runs.build_model(cfg))
 
     local = pd.read_parquet(predict(run, [images], tmp_path / "local.parquet", chunk_size=128, batch_size=64,
                                     backend="torch", workers=0, progress=False).out)

@@ -6,7 +6,7 @@ from tiny_runs import make_run, prepared_folder
 
 from zoomorph.evaluation.evaluate import evaluate_run
 from zoomorph.evaluation.report import write_report
-from zoomorph.runs import METRICS_FILE
+from zoomorph.runs import Run
 
 SECTIONS = {"configuration", "data", "training", "metrics", "confusion", "calibration", "samples", "saliency"}
 
@@ -42,9 +42,9 @@ def data(tmp_path_factory):
 @pytest.mark.slow
 def test_report_of_a_classes_run_is_one_self_contained_page(data, tmp_path):
     run = make_run(tmp_path / "run", data)
-    assert not (run / METRICS_FILE).exists()
+    assert not Run.open(run).metrics_file.exists()
     path = write_report(run)  # evaluates first: there were no metrics yet
-    assert path == run / "report.html" and (run / METRICS_FILE).exists()
+    assert path == run / "report.html" and Run.open(run).metrics_file.exists()
 
     text = path.read_text()
     page = Page(text)
@@ -55,7 +55,7 @@ def test_report_of_a_classes_run_is_one_self_contained_page(data, tmp_path):
     assert all(url.startswith("data:") for url in page.urls)
     assert "http://" not in text and "https://" not in text and "<script" not in text
 
-    metrics = json.loads((run / METRICS_FILE).read_text())
+    metrics = json.loads(Run.open(run).metrics_file.read_text())
     ci = metrics["variants"]["plain"]["ci"]["accuracy"]
     assert f"{ci['estimate']:.3f} ({ci['low']:.3f}-{ci['high']:.3f})" in text
     assert data.split_hash in text and "spiral" in text

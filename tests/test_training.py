@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import Callback
 from zoomorph.data.datamodule import EpochBatches, GalaxyDataModule, balanced_weights
 from zoomorph.data.prepare import prepare
 from zoomorph.data.synthetic import make_synthetic
-from zoomorph.inference import predict_array
-from zoomorph.runs import CannotResume, RunConfig, claim_run_dir, load_run
+from zoomorph.inference import Predictor
+from zoomorph.runs import CannotResume, Run, RunConfig
 from zoomorph.training import train
 
 FAST = dict(progress=False, batch_size=32)
@@ -31,8 +31,13 @@ def prepared(tmp_path_factory):
 
 def accuracy(net, data) -> float:
     rows = data.indices("val")
-    probs = predict_array(net, data.images[rows])
+    probs = Predictor.from_model(net, "classes").probabilities(data.images[rows])
     return float((probs.argmax(1) == data.table["label_index"].to_numpy()[rows]).mean())
+
+
+def load_run(run_dir):
+    run = Run.open(run_dir)
+    return run.load_model(), run.config
 
 
 def test_balanced_sampler_equalises_classes():
@@ -180,11 +185,11 @@ def test_another_model_or_head_in_an_existing_run_is_refused_untouched(prepared,
 def test_a_damaged_checkpoint_is_refused_with_the_way_out(prepared, tmp_path):
     run = tmp_path / "run"
     config = RunConfig("convnet", "classes", prepared.classes, 32, 256, "hubble", None, prepared.split_hash)
-    assert claim_run_dir(run, config, resume=True) is None  # a new folder: nothing to resume
+    assert Run(run, config).claim(resume=True) is None  # a new folder: nothing to resume
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"\x80\x02 not a checkpoint")
     with pytest.raises(CannotResume, match=r"last.ckpt is damaged .*--fresh"):
-        claim_run_dir(run, config, resume=True)
+        Run(run, config).claim(resume=True)
 
 
 @pytest.mark.slow

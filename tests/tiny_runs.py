@@ -19,7 +19,7 @@ from zoomorph.data.prepared import PreparedData
 from zoomorph.data.synthetic import make_synthetic
 from zoomorph.models import create_model, list_models, register_model
 from zoomorph.models.registry import MODERN_RECIPE
-from zoomorph.runs import HISTORY_FILE, SUMMARY_FILE, RunConfig, save_weights
+from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS
 
 TINY_MODEL = "test-tiny-cnn"
@@ -43,20 +43,22 @@ def prepared_folder(root: Path, n: int = 40, seed: int = 0) -> PreparedData:
 def make_run(run_dir: Path, data: PreparedData, head: str = "classes", seed: int = 0,
              history: pd.DataFrame | None = None, summary: dict | None = None) -> Path:
     classes = data.classes if head == "classes" else list(ANSWER_COLUMNS)
-    RunConfig(TINY_MODEL, head, classes, SIZE, data.settings["fov"], data.settings["preset"], str(data.root),
-              data.split_hash, extra={"seed": seed}).save(run_dir)
+    config = RunConfig(TINY_MODEL, head, classes, SIZE, data.settings["fov"], data.settings["preset"],
+                       str(data.root), data.split_hash, extra={"seed": seed})
+    config.save(run_dir)
+    run = Run(run_dir, config)
     torch.manual_seed(seed)
     model = create_model(TINY_MODEL, head=head, num_classes=len(classes), image_size=SIZE)
     with torch.no_grad():  # default init answers almost the same for every galaxy; the tests need variety
         for p in model.parameters():
             p.mul_(4)
-    save_weights(run_dir, model)
+    run.save_weights(model)
     if history is None:
         history = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [1.1, 0.9, 0.8], "val_loss": [1.2, 1.0, 0.95],
                                 "train_acc": [0.4, 0.5, 0.6], "val_acc": [0.3, 0.45, 0.5], "lr": [1e-3, 1e-3, 5e-4],
                                 "train_seconds": [2.0, 2.0, 2.0], "images_per_s": [10.0, 12.0, 11.0]})
-    history.to_csv(run_dir / HISTORY_FILE, index=False)
+    history.to_csv(run.history_file, index=False)
     summary = summary or {"model": TINY_MODEL, "head": head, "parameters": sum(p.numel() for p in model.parameters()),
                           "image_size": SIZE, "epochs": len(history), "train_seconds": 6.0, "images_per_s": 11.0}
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary))
+    run.summary_file.write_text(json.dumps(summary))
     return run_dir

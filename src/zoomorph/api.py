@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoomorph.data.catalog import Report, read_labels
+from zoomorph.data.labelled import Report, read_labels
 from zoomorph.data.prepare import PrepareSummary, prepare
 from zoomorph.labels import Labels, assign, get_preset
 

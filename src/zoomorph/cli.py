@@ -196,13 +196,14 @@ def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph tr
     """Accuracy, balanced accuracy with 95% intervals, per class, calibration (or Kaggle RMSE for votes)."""
     from zoomorph.api import evaluate as run_evaluate
     from zoomorph.evaluation.evaluate import format_metrics_table
+    from zoomorph.runs import Run
 
     try:
         metrics = run_evaluate(run, data, split=split, tta=tta)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     console.print(format_metrics_table(metrics))
-    console.print(f"metrics written to {run / 'metrics.json'}")
+    console.print(f"metrics written to {Run.open(run).metrics_file}")
 
 
 @app.command()
@@ -302,7 +303,7 @@ def export(run: Path = typer.Argument(..., help="run folder"),
     import json
 
     from zoomorph.api import export as run_export
-    from zoomorph.predict.onnx import sidecar
+    from zoomorph.runs import sidecar
     from zoomorph.predict.quantize import describe
 
     if format != "onnx":

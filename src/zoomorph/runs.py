@@ -1,31 +1,40 @@
-"""A run folder: what training writes and evaluation, reports and prediction read.
+"""A run folder: what training writes and evaluation, reports, export and prediction read.
 
-    RUN/config.json     RunConfig below (model, head, classes, preprocessing, data, split)
-    RUN/model.pt        state_dict of the best model (plain torch, no Lightning needed); its _metadata
-                        records the image size it was trained at, which load_run checks against config.json
-    RUN/history.csv     one row per epoch: epoch, train_loss, val_loss, train_acc, val_acc, lr, images_per_s, ...
-    RUN/history.json    the same, as JSON records
-    RUN/summary.json    the run's outcome (best epoch, val metrics, train time, class balance)
-    RUN/checkpoints/    Lightning checkpoints (best.ckpt, last.ckpt) for resuming
-    RUN/metrics.json    written by `zoomorph evaluate`
+    RUN/config.json        RunConfig below (model, head, classes, preprocessing, data, split)
+    RUN/model.pt           state_dict of the best model (plain torch, no Lightning needed); its _metadata
+                           records the image size it was trained at, which Run.load_model checks against config.json
+    RUN/history.csv        one row per epoch: epoch, train_loss, val_loss, train_acc, val_acc, lr, images_per_s, ...
+    RUN/history.json       the same, as JSON records
+    RUN/summary.json       the run's outcome (best epoch, val metrics, train time, class balance, zoom check)
+    RUN/checkpoints/       Lightning checkpoints (best.ckpt, last.ckpt) for resuming
+    RUN/metrics.json       written by `zoomorph evaluate`, with RUN/predictions_<split>.parquet
+    RUN/report.html        written by `zoomorph report`
+    RUN/model.onnx         the exported graph (and model.int8.onnx), each with a .json sidecar beside it
+
+`Run` is the one place that names these files: every other module asks it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from zoomorph.files import replace_atomically
+from zoomorph.models import create_model
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
-HISTORY_FILE = "history.csv"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.json"
+_CONFIG, _WEIGHTS, _HISTORY, _SUMMARY, _METRICS = "config.json", "model.pt", "history.csv", "summary.json", "metrics.json"
+_CHECKPOINTS, _LAST_CHECKPOINT, _REPORT = "checkpoints", "last.ckpt", "report.html"
+_GRAPH, _INT8_GRAPH = "model.onnx", "model.int8.onnx"
+# What training writes, and what is derived from the weights: `train --fresh` removes these before it starts.
+RUN_OUTPUTS = (_WEIGHTS, _HISTORY, "history.json", _SUMMARY, _METRICS, "predictions_*.parquet", _REPORT,
+               _GRAPH, _INT8_GRAPH, "model*.onnx.json", _CHECKPOINTS, "logs")
+RECORD = "zoomorph:run"  # key of the weights' own record in the state_dict's _metadata (no module has that name)
 
 
 @dataclass
@@ -42,7 +51,7 @@ class RunConfig:
 
     def save(self, run_dir: Path) -> None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2))
+        (Path(run_dir) / _CONFIG).write_text(json.dumps(asdict(self), indent=2))
 
     def differences(self, other: "RunConfig") -> list[str]:
         """What `other` changes that a run cannot resume across: what it learns from and how (the recipe:
@@ -58,25 +67,14 @@ class RunConfig:
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":
-        path = Path(run_dir) / CONFIG_FILE
+        path = Path(run_dir) / _CONFIG
         if not path.exists():
-            raise FileNotFoundError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
+            raise FileNotFoundError(f"{run_dir}: not a run folder (no {_CONFIG})")
         return cls(**json.loads(path.read_text()))
 
 
-CHECKPOINTS_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"  # written at every epoch's end: what a rerun resumes from
-BEST_CHECKPOINT = "best.ckpt"
-# What training writes, and what is derived from the weights: `train --fresh` removes these before it starts.
-RUN_OUTPUTS = (WEIGHTS_FILE, HISTORY_FILE, "history.json", SUMMARY_FILE, METRICS_FILE, "predictions_*.parquet",
-               "report.html", "model.onnx", "model.int8.onnx", "model*.onnx.json", CHECKPOINTS_DIR, "logs")
-
-
-def clear_outputs(run_dir: Path) -> None:
-    """Start a run folder over: its config stays until the new one replaces it."""
-    for pattern in RUN_OUTPUTS:
-        for path in Path(run_dir).glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+class RunFileError(ValueError):
+    """A run's model.pt is damaged or does not fit its config.json: the message says which and what to do."""
 
 
 class CannotResume(ValueError):
@@ -84,31 +82,202 @@ class CannotResume(ValueError):
     in it was changed."""
 
 
-def claim_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> Path | None:
-    """Check that training may write `run_dir`, then write its config; the checkpoint to resume from.
+def build_model(cfg: RunConfig) -> torch.nn.Module:
+    """The untrained network a run's config describes (tests replace this to serve toy models)."""
+    return create_model(cfg.model, head=cfg.head, num_classes=len(cfg.classes), image_size=cfg.image_size)
 
-    Everything is checked before anything is written, so a refused call leaves an existing run as it
-    was: another model, other data or another recipe in the same folder would otherwise overwrite its
-    config and then fail on its checkpoint, leaving a run that predict and evaluate cannot load."""
-    last = run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
-    if resume and (run_dir / CONFIG_FILE).exists():
-        changed = RunConfig.load(run_dir).differences(config)
-        if changed:
-            raise CannotResume(
-                f"{run_dir} holds another run ({'; '.join(changed)}); nothing was changed. Give another --out, "
-                "or --fresh to start over in this folder (it deletes the run's weights and checkpoints).")
-        if last.exists():
-            try:
-                torch.load(last, map_location="cpu", weights_only=False)
-            except Exception as err:  # noqa: BLE001 (unpickling fails in many ways; each means the same)
-                raise CannotResume(f"{last} is damaged ({type(err).__name__}), so the run cannot resume from it: "
-                                  "start over with --fresh, or give another --out") from None
-    if not resume:
-        clear_outputs(run_dir)
-    for leftover in (run_dir / CHECKPOINTS_DIR).glob("*.tmp"):  # a checkpoint a kill cut short
-        leftover.unlink()
-    config.save(run_dir)
-    return last if resume and last.exists() else None
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sidecar(graph: Path) -> Path:
+    """The JSON that describes an exported graph, beside it: model.onnx -> model.onnx.json."""
+    return graph.with_name(graph.name + ".json")
+
+
+class Run:
+    """A run folder: its config (read once), its files by name, its weights and their digest (hashed once).
+
+    `Run(dir, config)` is a run about to be trained; `Run.open(dir)` one on disk; `Run.of(x)` takes
+    either a Run or a path. A Run pickles with what it has read, so worker processes need not read again.
+    """
+
+    def __init__(self, dir: Path, config: RunConfig):
+        self.dir, self.config = Path(dir), config
+
+    @classmethod
+    def open(cls, dir: Path) -> "Run":
+        """The run in `dir`; FileNotFoundError when it has no config.json."""
+        return cls(dir, RunConfig.load(dir))
+
+    @classmethod
+    def of(cls, run: "Run | str | Path") -> "Run":
+        """`run` itself, or the run in that folder: what functions taking either do first."""
+        return run if isinstance(run, Run) else cls.open(Path(run))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    # ------------------------------------------------------------ files by name
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / _CONFIG
+
+    @property
+    def weights_file(self) -> Path:
+        return self.dir / _WEIGHTS
+
+    @property
+    def history_file(self) -> Path:
+        return self.dir / _HISTORY
+
+    @property
+    def history_json_file(self) -> Path:
+        return self.history_file.with_suffix(".json")
+
+    @property
+    def summary_file(self) -> Path:
+        return self.dir / _SUMMARY
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.dir / _METRICS
+
+    @property
+    def report_file(self) -> Path:
+        return self.dir / _REPORT
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.dir / _CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """Written at every epoch's end: what a rerun resumes from."""
+        return self.checkpoints_dir / _LAST_CHECKPOINT
+
+    def predictions_file(self, split: str) -> Path:
+        """Where `evaluate` writes its per-galaxy predictions of `split`."""
+        return self.dir / f"predictions_{split}.parquet"
+
+    def graph_file(self, int8: bool = False) -> Path:
+        """The exported graph: RUN/model.onnx, or RUN/model.int8.onnx."""
+        return self.dir / (_INT8_GRAPH if int8 else _GRAPH)
+
+    def graph_sidecar(self, int8: bool = False) -> Path:
+        return sidecar(self.graph_file(int8))
+
+    # ------------------------------------------------------------ what the files hold
+
+    def summary(self) -> dict:
+        """summary.json, or {} before training has written it."""
+        return json.loads(self.summary_file.read_text()) if self.summary_file.exists() else {}
+
+    def metrics(self) -> dict | None:
+        """metrics.json, or None when the run was never evaluated."""
+        return json.loads(self.metrics_file.read_text()) if self.metrics_file.exists() else None
+
+    @cached_property
+    def weights_digest(self) -> str:
+        """sha256 of model.pt, hashed once per Run (save_weights forgets it)."""
+        return file_digest(self.weights_file)
+
+    def graph_is_current(self, int8: bool = False) -> bool:
+        """The exported graph exists, is the one its sidecar describes (bytes intact), was made from these
+        weights and this config (and, for int8, was quantised)."""
+        path, described = self.graph_file(int8), self.graph_sidecar(int8)
+        if not (path.exists() and described.exists()):
+            return False
+        try:
+            meta = json.loads(described.read_text())
+        except ValueError:  # a damaged sidecar: export again
+            return False
+        return (meta.get("graph_sha256") == file_digest(path) and meta.get("weights_sha256") == self.weights_digest
+                and all(meta.get(k) == getattr(self.config, k) for k in ("model", "head", "classes", "image_size"))
+                and (not int8 or "quantization" in meta))
+
+    def load_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The trained model, in eval mode on `device`; RunFileError names a damaged model.pt or one that
+        does not fit config.json (other classes, another model, another image size)."""
+        cfg, path, config = self.config, self.weights_file, self.config_file
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file (the run has no trained weights: train it first)")
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:  # noqa: BLE001 (random bytes, a truncated zip, a pickle: all mean the file is damaged)
+            raise RunFileError(f"{path} is damaged (not a readable PyTorch weights file: {type(err).__name__}): "
+                               "copy it back from where the run was trained, or retrain the run") from err
+        trained = self._trained_size(state)
+        if trained is not None and trained != cfg.image_size:
+            # a fully convolutional model with a global pool loads at any size, and would answer differently
+            raise RunFileError(f"{config} says image_size {cfg.image_size}, but {path} was trained at {trained} "
+                               f"px: set image_size back to {trained}, or retrain at the new size")
+        model = build_model(cfg)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = (str(err).strip().splitlines()[1:2] or [str(err)])[0].strip()  # torch's first per-tensor line
+            raise RunFileError(f"{path} does not fit {config} (model {cfg.model!r}, head {cfg.head!r}, "
+                               f"{len(cfg.classes)} outputs, {cfg.image_size} px): {first}; restore the "
+                               "config.json it was trained with, or retrain the run") from err
+        return model.to(device).eval()
+
+    def _trained_size(self, state: dict) -> int | None:
+        """The image size the weights were trained at: their own record, else (older runs) the training summary."""
+        recorded = getattr(state, "_metadata", {}).get(RECORD, {}).get("image_size")
+        return self.summary().get("image_size") if recorded is None else recorded
+
+    # ------------------------------------------------------------ what training writes
+
+    def save_weights(self, model: torch.nn.Module) -> None:
+        """model.pt, written whole or not at all, recording the image size of config.json (when there is one):
+        the record rides in the state_dict's _metadata, which a plain load_state_dict ignores."""
+        state = model.state_dict()
+        if self.config_file.exists():
+            state._metadata[RECORD] = {"image_size": RunConfig.load(self.dir).image_size}
+        replace_atomically(self.weights_file, lambda tmp: torch.save(state, tmp))
+        self.__dict__.pop("weights_digest", None)  # other bytes now
+
+    def clear_outputs(self) -> None:
+        """Start the folder over: its config stays until the new one replaces it."""
+        for pattern in RUN_OUTPUTS:
+            for path in self.dir.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.__dict__.pop("weights_digest", None)
+
+    def claim(self, resume: bool) -> Path | None:
+        """Check that training may write this folder with this config, then write the config; the checkpoint
+        to resume from (None: start afresh).
+
+        Everything is checked before anything is written, so a refused call leaves an existing run as it
+        was: another model, other data or another recipe in the same folder would otherwise overwrite its
+        config and then fail on its checkpoint, leaving a run that predict and evaluate cannot load."""
+        last = self.last_checkpoint
+        if resume and self.config_file.exists():
+            changed = RunConfig.load(self.dir).differences(self.config)
+            if changed:
+                raise CannotResume(
+                    f"{self.dir} holds another run ({'; '.join(changed)}); nothing was changed. Give another "
+                    "--out, or --fresh to start over in this folder (it deletes the run's weights and checkpoints).")
+            if last.exists():
+                try:
+                    torch.load(last, map_location="cpu", weights_only=False)
+                except Exception as err:  # noqa: BLE001 (unpickling fails in many ways; each means the same)
+                    raise CannotResume(f"{last} is damaged ({type(err).__name__}), so the run cannot resume from "
+                                       "it: start over with --fresh, or give another --out") from None
+        if not resume:
+            self.clear_outputs()
+        for leftover in self.checkpoints_dir.glob("*.tmp"):  # a checkpoint a kill cut short
+            leftover.unlink()
+        self.config.save(self.dir)
+        return last if resume and last.exists() else None
 
 
 def _brief(value) -> str:
@@ -121,62 +290,3 @@ def _brief(value) -> str:
 def _plain(value):
     """As JSON would give it back (tuples as lists), so a loaded config equals the one it was saved from."""
     return json.loads(json.dumps(value))
-
-
-def build_model(cfg: RunConfig) -> torch.nn.Module:
-    from zoomorph.models import create_model
-
-    return create_model(cfg.model, head=cfg.head, num_classes=len(cfg.classes), image_size=cfg.image_size)
-
-
-class RunFileError(ValueError):
-    """A run's model.pt is damaged or does not fit its config.json: the message says which and what to do."""
-
-
-RECORD = "zoomorph:run"  # key of the weights' own record in the state_dict's _metadata (no module has that name)
-
-
-def _trained_size(run_dir: Path, state: dict) -> int | None:
-    """The image size the weights were trained at: their own record, else (older runs) the training summary."""
-    recorded = getattr(state, "_metadata", {}).get(RECORD, {}).get("image_size")
-    summary = Path(run_dir) / SUMMARY_FILE
-    if recorded is None and summary.exists():
-        recorded = json.loads(summary.read_text()).get("image_size")
-    return recorded
-
-
-def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunConfig]:
-    """The trained model (eval mode, on `device`) and its config; RunFileError names a damaged model.pt or
-    one that does not fit config.json (other classes, another model, another image size)."""
-    cfg = RunConfig.load(run_dir)
-    path = Path(run_dir) / WEIGHTS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file (the run has no trained weights: train it first)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 (random bytes, a truncated zip, a pickle: all mean the file is damaged)
-        raise RunFileError(f"{path} is damaged (not a readable PyTorch weights file: {type(err).__name__}): "
-                           "copy it back from where the run was trained, or retrain the run") from err
-    trained = _trained_size(run_dir, state)
-    if trained is not None and trained != cfg.image_size:
-        # a fully convolutional model with a global pool loads at any size, and would answer differently
-        raise RunFileError(f"{Path(run_dir) / CONFIG_FILE} says image_size {cfg.image_size}, but {path} was "
-                           f"trained at {trained} px: set image_size back to {trained}, or retrain at the new size")
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = (str(err).strip().splitlines()[1:2] or [str(err)])[0].strip()  # torch's first per-tensor line
-        raise RunFileError(f"{path} does not fit {Path(run_dir) / CONFIG_FILE} (model {cfg.model!r}, head "
-                           f"{cfg.head!r}, {len(cfg.classes)} outputs, {cfg.image_size} px): {first}; restore the "
-                           "config.json it was trained with, or retrain the run") from err
-    return model.to(device).eval(), cfg
-
-
-def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
-    """model.pt, written whole or not at all, recording the image size of config.json (when there is one):
-    the record rides in the state_dict's _metadata, which a plain load_state_dict ignores."""
-    state, config = model.state_dict(), Path(run_dir) / CONFIG_FILE
-    if config.exists():
-        state._metadata[RECORD] = {"image_size": RunConfig.load(run_dir).image_size}
-    replace_atomically(Path(run_dir) / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))

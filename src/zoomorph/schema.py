@@ -49,6 +49,7 @@ QUESTIONS: tuple[Question, ...] = (
 )
 
 ANSWER_COLUMNS: list[str] = [c for q in QUESTIONS for c in q.columns]  # the 37, in Kaggle order
+Q1 = slice(0, 3)  # Class1.1-1.3 of the 37: the question everyone answers, a distribution that sums to 1
 ID_COLUMN = "GalaxyID"
 QUESTION_OF: dict[str, Question] = {c: q for q in QUESTIONS for c in q.columns}
 

@@ -18,20 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+import zoomorph
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from zoomorph.data.augment import build_augment
 from zoomorph.data.datamodule import GalaxyDataModule
+from zoomorph.data.prepared import PreparedData
+from zoomorph.evaluation.robustness import zoom_robustness
 from zoomorph.files import replace_atomically
 from zoomorph.inference import to_input
 from zoomorph.models import create_model, model_spec
-from zoomorph.runs import CHECKPOINTS_DIR, LAST_CHECKPOINT, SUMMARY_FILE, RunConfig, claim_run_dir, save_weights
+from zoomorph.models.recipe import Recipe
+from zoomorph.runs import Run, RunConfig
+from zoomorph.schema import ANSWER_COLUMNS
 
 DEFAULT_MODEL = "convnet-lite"
 
@@ -40,12 +45,13 @@ class GalaxyModule(L.LightningModule):
     """A registered model with its loss, metrics, augmentation and optimiser."""
 
     def __init__(self, model: str, head: str, num_classes: int, image_size: int, recipe: dict,
-                 augment: str = "none", class_weights: list[float] | None = None, seed: int = 0):
+                 class_weights: list[float] | None = None, seed: int = 0):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # plain values (the recipe as a dict): checkpoints load without pickles
+        self.recipe = Recipe.from_dict(recipe)
         self.net = create_model(model, head=head, num_classes=num_classes, image_size=image_size)
         self.net = self.net.to(memory_format=torch.channels_last)
-        self.augment = build_augment(augment)
+        self.augment = build_augment(self.recipe.augment)
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None)
         if head == "classes":
             make = lambda: torchmetrics.MetricCollection({  # noqa: E731
@@ -63,7 +69,7 @@ class GalaxyModule(L.LightningModule):
         if self.hparams.head == "votes":
             return F.mse_loss(outputs, targets)
         return F.cross_entropy(outputs, targets, weight=self.class_weights,
-                               label_smoothing=self.hparams.recipe.get("label_smoothing", 0.0))
+                               label_smoothing=self.recipe.label_smoothing)
 
     def _step(self, batch, metrics, stage: str) -> torch.Tensor:
         images, targets = batch
@@ -74,21 +80,14 @@ class GalaxyModule(L.LightningModule):
         outputs = self(x)
         loss = self._loss(outputs, targets)
         metrics.update(outputs.softmax(1) if self.hparams.head == "classes" else outputs, targets)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        # validation loss averaged over every process, so a stop on it is decided alike in each
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
+                 sync_dist=stage == "val")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return loss
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, self.train_metrics, "train")
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # images/s for the progress bar, smoothed over recent steps
-        now, last = time.perf_counter(), getattr(self, "_last_step", None)
-        if last is not None:
-            rate = len(batch[1]) / max(now - last, 1e-9)
-            self._rate = rate if batch_idx == 1 else 0.9 * self._rate + 0.1 * rate
-            self.log("img/s", self._rate, prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        self._last_step = None if batch_idx + 1 == self.trainer.num_training_batches else now
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, self.val_metrics, "val")
@@ -103,46 +102,33 @@ class GalaxyModule(L.LightningModule):
         torch.manual_seed(self._step_seed(1))
 
     def configure_optimizers(self):
-        r = self.hparams.recipe
-        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[r.get("optimizer", "adam")]
-        optimizer = kind(self.parameters(), lr=r.get("lr", 1e-3), betas=tuple(r.get("betas", (0.9, 0.999))),
-                         eps=r.get("eps", 1e-8), weight_decay=r.get("weight_decay", 0.0))
-        schedule = r.get("scheduler")
-        if schedule is None:
+        r = self.recipe
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[r.optimizer]
+        optimizer = kind(self.parameters(), lr=r.lr, betas=r.betas, eps=r.eps, weight_decay=r.weight_decay)
+        if r.scheduler is None:
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
-        if schedule == "onecycle":
+        if r.scheduler == "onecycle":
             warmup = 0.2 if 0.2 * steps != 1 else 0.25  # OneCycleLR divides by zero for a one-step warm-up
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.get("lr", 1e-3), total_steps=steps,
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.lr, total_steps=steps,
                                                             pct_start=warmup)
-        elif schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         else:
-            raise ValueError(f"scheduler {schedule!r}: choose onecycle, cosine or none")
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class StopBelowValLoss(Callback):
-    """The original project's stop: end training once validation loss falls below a threshold."""
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        loss = trainer.callback_metrics.get("val_loss")
-        if loss is not None and not trainer.sanity_checking and float(loss) < self.threshold:
-            trainer.should_stop = True
 
 
 class History(Callback):
     """Per-epoch metrics, learning rate and throughput -> RUN/history.csv and .json.
 
+    Its images_per_s (training images / seconds of the epoch's training part) is the
+    run's one throughput figure: summary.json takes the median over epochs.
+
     The rows so far travel in every checkpoint (state_dict), so a resumed run
     continues the history its checkpoint knew, whatever a kill left in the CSV.
     """
 
-    def __init__(self, run_dir: Path, n_train: int):
-        self.path, self.n_train = Path(run_dir) / "history.csv", n_train
+    def __init__(self, run: Run, n_train: int):
+        self.path, self.n_train = run.history_file, n_train
         self.rows: list[dict] = []
         self._start, self._train_seconds = 0.0, None
 
@@ -167,6 +153,8 @@ class History(Callback):
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_seconds": seconds,
                "images_per_s": self.n_train / max(seconds, 1e-9)}
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        if not trainer.is_global_zero:  # every process keeps the rows (for its checkpoint state); one writes
+            return
         table = pd.DataFrame(self.rows)
         replace_atomically(self.path, lambda tmp: table.to_csv(tmp, index=False))
         replace_atomically(self.path.with_suffix(".json"),
@@ -212,32 +200,7 @@ def default_precision() -> str:
 
 
 def _versions() -> dict:
-    import lightning
-    import zoomorph
-
-    return {"zoomorph": zoomorph.__version__, "torch": torch.__version__, "lightning": lightning.__version__}
-
-
-def zoom_robustness(net: torch.nn.Module, data, rows: np.ndarray, head: str,
-                    zooms=(0.5, 0.75, 1.0, 1.5)) -> dict[str, dict]:
-    """Validation accuracy (or RMSE) with the images zoomed: galaxies at other angular scales."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
-    from zoomorph.data.augment import zoom
-    from zoomorph.inference import predict_array
-    from zoomorph.schema import ANSWER_COLUMNS
-
-    images, table = data.images[np.sort(rows)], data.table.iloc[np.sort(rows)]
-    out = {}
-    for factor in zooms:
-        probs = predict_array(net, images, head, transform=lambda x, f=factor: zoom(x, f))
-        if head == "classes":
-            truth, pred = table["label_index"].to_numpy(), probs.argmax(1)
-            out[f"{factor:g}"] = {"accuracy": accuracy_score(truth, pred),
-                                  "balanced_accuracy": balanced_accuracy_score(truth, pred)}
-        else:
-            out[f"{factor:g}"] = {"rmse": float(np.sqrt(np.mean((probs - table[ANSWER_COLUMNS].to_numpy()) ** 2)))}
-    return out
+    return {"zoomorph": zoomorph.__version__, "torch": torch.__version__, "lightning": L.__version__}
 
 
 def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: Path | None = None,
@@ -249,77 +212,111 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
           callbacks: list[Callback] | tuple = ()) -> TrainResult:
     """Train a registered model on a prepared folder; returns the run folder and its summary.
 
-    Defaults come from the model's recipe (model_spec(name).recipe); arguments override them.
-    Re-running the same command resumes from RUN/checkpoints/last.ckpt (resume=False starts over).
+    Defaults come from the model's recipe (model_spec(name).recipe); arguments that are not None
+    override them. Re-running the same call resumes from RUN/checkpoints/last.ckpt, exactly
+    (resume=False starts over). Under DDP every process runs this; the first one writes the run folder.
     """
-    from zoomorph.data.prepared import PreparedData
-    from zoomorph.schema import ANSWER_COLUMNS
-
     data = data if isinstance(data, PreparedData) else PreparedData.load(Path(data))
-    spec = model_spec(model)
-    recipe = dict(spec.recipe)
-    recipe.update({k: v for k, v in {"lr": lr, "batch_size": batch_size, "augment": augment, "epochs": epochs,
-                                     "val_loss_stop": val_loss_stop, "patience": patience}.items() if v is not None})
+    recipe = model_spec(model).recipe.but(lr=lr, batch_size=batch_size, augment=augment, epochs=epochs,
+                                          val_loss_stop=val_loss_stop, patience=patience)
     run_dir = Path(run_dir or Path("runs") / f"{data.root.name}-{model}-{head}")
-    ckpt_dir = run_dir / CHECKPOINTS_DIR
-
     L.seed_everything(seed, workers=True, verbose=False)
-    dm = GalaxyDataModule(data, head, recipe.get("batch_size", 64), balance, seed)
+    dm = GalaxyDataModule(data, head, recipe.batch_size, balance, seed)
     weights = dm.class_weights()
-    image_size = data.image_size
     classes = data.classes if head == "classes" else list(ANSWER_COLUMNS)
-    config = RunConfig(model, head, classes, image_size, data.fov, data.preset_name,
+    config = RunConfig(model, head, classes, data.image_size, data.fov, data.preset_name,
                        str(data.root.resolve()), data.split_hash,
-                       extra={"recipe": recipe, "balance": balance, "seed": seed, "deterministic": deterministic,
-                              "versions": _versions(), "n_train": len(dm.train_rows), "n_val": len(dm.val_rows)})
-    last = claim_run_dir(run_dir, config, resume)
-    module = GalaxyModule(model, head, len(data.classes) if head == "classes" else 37, image_size, recipe,
-                          recipe.get("augment", "none"), weights.tolist() if weights is not None else None, seed)
+                       extra={"recipe": recipe.to_dict(), "balance": balance, "seed": seed,
+                              "deterministic": deterministic, "versions": _versions(),
+                              "n_train": len(dm.train_rows), "n_val": len(dm.val_rows)})
+    run = Run(run_dir, config)
+    last = _claim(run, resume)
+    module = GalaxyModule(model, head, len(classes), data.image_size, recipe.to_dict(),
+                          weights.tolist() if weights is not None else None, seed)
+    trainer, best = build_trainer(run, recipe, head, len(dm.train_rows), callbacks=callbacks,
+                                  progress=progress, accelerator=accelerator, devices=devices,
+                                  num_nodes=num_nodes, strategy=strategy, precision=precision,
+                                  deterministic=deterministic, max_minutes=max_minutes)
+    with _quiet_lightning():
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, {})
+    net = export_best(best, run)
+    summary = write_summary(run, net, best, data, dm)
+    return TrainResult(run_dir, summary)
 
-    monitor, mode = ("val_acc", "max") if head == "classes" else ("val_rmse", "min")
+
+def _claim(run: Run, resume: bool) -> Path | None:
+    """The first process checks and claims the run folder (Run.claim). The others of a DDP run,
+    which Lightning starts once the first is training, only find the checkpoint it resumes from."""
+    if rank_zero_only.rank == 0:
+        return run.claim(resume)
+    last = run.last_checkpoint
+    return last if resume and last.exists() else None
+
+
+def monitored(head: str) -> tuple[str, str]:
+    """The metric the best checkpoint and early stopping follow, and which way is better."""
+    return ("val_acc", "max") if head == "classes" else ("val_rmse", "min")
+
+
+def build_trainer(run: Run, recipe: Recipe, head: str, n_train: int, *, callbacks=(), progress: bool = True,
+                  precision: str | None = None, max_minutes: float | None = None,
+                  **hardware) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Lightning Trainer writing into the run's folder, and its best-checkpoint callback.
+
+    `hardware`: accelerator, devices, num_nodes, strategy, deterministic (Trainer's own arguments).
+    """
+    monitor, mode = monitored(head)
+    ckpt_dir = run.checkpoints_dir
     best = ModelCheckpoint(ckpt_dir, filename="best", monitor=monitor, mode=mode, enable_version_counter=False)
     # every epoch, after the History row (Lightning runs checkpoint callbacks last): what resume starts from
     latest = ModelCheckpoint(ckpt_dir, filename="last", save_on_train_epoch_end=True, enable_version_counter=False)
-    cbs: list[Callback] = [best, latest, History(run_dir, len(dm.train_rows)), *callbacks]
-    if recipe.get("val_loss_stop") is not None:
-        cbs.append(StopBelowValLoss(recipe["val_loss_stop"]))
-    if recipe.get("patience") is not None:
-        cbs.append(EarlyStopping(monitor, patience=recipe["patience"], mode=mode))
+    cbs: list[Callback] = [best, latest, History(run, n_train), *callbacks]
+    if recipe.val_loss_stop is not None:  # the seed project's stop; never by patience
+        cbs.append(EarlyStopping("val_loss", mode="min", stopping_threshold=recipe.val_loss_stop,
+                                 patience=recipe.epochs + 1))
+    if recipe.patience is not None:
+        cbs.append(EarlyStopping(monitor, patience=recipe.patience, mode=mode))
     if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
         cbs.append(RichProgressBar(leave=True))
-    started = time.perf_counter()
     with _quiet_lightning():
         trainer = L.Trainer(
-            max_epochs=recipe.get("epochs", 20), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-            strategy=strategy, precision=precision or default_precision(), deterministic=deterministic,
-            callbacks=cbs, plugins=[AtomicCheckpointIO()], default_root_dir=run_dir,
-            logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
-            enable_progress_bar=progress, enable_model_summary=False, use_distributed_sampler=False,
-            max_time={"minutes": max_minutes} if max_minutes else None, log_every_n_steps=1)
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
-    seconds = time.perf_counter() - started
-    if not trainer.is_global_zero:
-        return TrainResult(run_dir, {})
+            max_epochs=recipe.epochs, precision=precision or default_precision(), callbacks=cbs,
+            plugins=[AtomicCheckpointIO()], default_root_dir=run.dir,
+            logger=L.pytorch.loggers.CSVLogger(run.dir, name="logs"), enable_progress_bar=progress,
+            enable_model_summary=False, use_distributed_sampler=False,
+            max_time={"minutes": max_minutes} if max_minutes else None, log_every_n_steps=1, **hardware)
+    return trainer, best
 
-    best_path = best.best_model_path or str(ckpt_dir / LAST_CHECKPOINT)
-    state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
-    net = module.net.cpu()
-    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
-    save_weights(run_dir, net)
 
-    history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").exists() else pd.DataFrame()
+def export_best(best: ModelCheckpoint, run: Run) -> torch.nn.Module:
+    """The best epoch's network, loaded by Lightning from its checkpoint, saved as RUN/model.pt."""
+    path = best.best_model_path or str(run.last_checkpoint)
+    net = GalaxyModule.load_from_checkpoint(path, map_location="cpu").net.eval()
+    run.save_weights(net)
+    return net
+
+
+def write_summary(run: Run, net: torch.nn.Module, best: ModelCheckpoint, data: PreparedData,
+                  dm: GalaxyDataModule) -> dict:
+    """RUN/summary.json: the outcome (best epoch and score, time, throughput, class balance, zoom)."""
+    config = run.config
+    history = pd.read_csv(run.history_file) if run.history_file.exists() else pd.DataFrame()
+    monitor, _ = monitored(config.head)
+    path = best.best_model_path or str(run.last_checkpoint)
+    classes, weights = config.head == "classes", dm.class_weights()
     summary = {
-        "model": model, "head": head, "parameters": sum(p.numel() for p in net.parameters()),
-        "image_size": image_size, "epochs": int(history["epoch"].max()) + 1 if len(history) else 0,
-        "best_epoch": int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]),
+        "model": config.model, "head": config.head, "parameters": sum(p.numel() for p in net.parameters()),
+        "image_size": config.image_size, "epochs": int(history["epoch"].max()) + 1 if len(history) else 0,
+        "best_epoch": int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]),
         f"best_{monitor}": float(best.best_model_score) if best.best_model_score is not None else None,
-        "train_seconds": float(history["train_seconds"].sum()) if len(history) else seconds,
+        "train_seconds": float(history["train_seconds"].sum()) if len(history) else 0.0,
         "images_per_s": float(history["images_per_s"].median()) if len(history) else None,
-        "balance": balance, "class_weights": weights.tolist() if weights is not None else None,
-        "train_class_counts": dm.class_counts(dm.train_rows) if head == "classes" else None,
-        "val_class_counts": dm.class_counts(dm.val_rows) if head == "classes" else None,
-        "zoom": zoom_robustness(net, data, dm.val_rows, head),
+        "balance": config.extra["balance"], "class_weights": weights.tolist() if weights is not None else None,
+        "train_class_counts": dm.class_counts(dm.train_rows) if classes else None,
+        "val_class_counts": dm.class_counts(dm.val_rows) if classes else None,
+        "zoom": zoom_robustness(net, data, dm.val_rows, config.head),
     }
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    return TrainResult(run_dir, summary)
+    run.summary_file.write_text(json.dumps(summary, indent=2))
+    return summary

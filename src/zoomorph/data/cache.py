@@ -1,8 +1,9 @@
 """The image cache: decode every image once into a uint8 array on disk.
 
 Training then reads memory-mapped uint8 tensors and never touches a JPEG.
-Workers each decode a block of rows and write straight into the memory-mapped
-file, so no pixels travel back through a pipe.
+Images are decoded as predict decodes them (zoomorph.io.decode.load: JPEG,
+PNG, TIFF, FITS). Workers each decode a block of rows and write straight into
+the memory-mapped file, so no pixels travel back through a pipe.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from zoomorph.data.images import ImageError, load
+from zoomorph.io.decode import default_workers, load
+from zoomorph.io.sources import ImageError, source_file
 
 BLOCK = 256  # rows per task: large enough to amortise scheduling, small enough for a smooth bar
 
@@ -32,9 +34,8 @@ def cache_key(sources: list[str], size: int, fov: int) -> str:
     """Changes when any input file, the list, or the settings change."""
     h = hashlib.sha256(f"{size}:{fov}".encode())
     for s in sources:
-        path = s.split("::")[0]
         try:
-            st = os.stat(path)
+            st = os.stat(source_file(s))
             h.update(f"{s}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{s}:missing\n".encode())
@@ -60,16 +61,17 @@ def _decode_block(args: tuple[str, list[str], int, int, int]) -> tuple[int, dict
 
 def build_cache(sources: list[str], path: Path, size: int, fov: int, workers: int | None = None,
                 progress: bool = True) -> CacheResult:
-    """Decode `sources` into `path` (.npy, shape (N, size, size, 3), uint8), in parallel."""
+    """Decode `sources` into `path` (.npy, shape (N, size, size, 3), uint8), in `workers` processes
+    (zoomorph.io.decode.default_workers: None = one per core, 0 = in this process)."""
     path = Path(path)
     tmp = path.with_suffix(".partial.npy")
     open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(sources), size, size, 3)).flush()
     tasks = [(str(tmp), sources[i:i + BLOCK], i, size, fov) for i in range(0, len(sources), BLOCK)]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    workers = min(default_workers(workers), len(tasks))
     errors, notes = {}, {}
     columns = (TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn())
-    pool = mp.get_context().Pool(workers) if workers > 1 else None
+    pool = mp.get_context().Pool(workers) if workers else None
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("decode", total=len(sources), rate="-")
         results = pool.imap_unordered(_decode_block, tasks) if pool else map(_decode_block, tasks)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from zoomorph.data.cache import build_cache, cache_key, drop_rows
-from zoomorph.data.catalog import Catalog, build_catalog
+from zoomorph.data.labelled import Catalog, build_catalog
 from zoomorph.data.prepared import (CATALOG_FILE, IMAGES_FILE, SETTINGS_FILE, SKIPPED_FILE, SPLIT_FILE,
                                     PreparedData, check_classes)
 from zoomorph.data.split import reuse_or_make, write_manifest
@@ -66,7 +66,8 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
 
     Raises PrepareRefused when no labelled image is usable, or when fewer than two classes have
     galaxies in both the train and val splits (unless all 37 vote fractions are there for the votes
-    head: then that is a warning).
+    head: then that is a warning). `workers`: decoding processes, None = one per core, 0 = none (all in
+    this process).
     """
     out = Path(out)
     chosen = get_preset(preset, conflicts, min_share) if labels is not None else None
@@ -119,7 +120,8 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
         counts[f"{name} (labelled)"] = int((labelled["split"] == name).sum())
     settings = {
         "classes": classes, "preset": chosen.name if chosen else "folders",
-        "rules": chosen.to_dict()["rules"] if chosen else None, "conflicts": conflicts, "image_size": size, "fov": fov, "split_hash": split_hash,
+        "rules": chosen.to_dict()["rules"] if chosen else None, "conflicts": conflicts, "image_size": size,
+        "fov": fov, "split_hash": split_hash,
         "split": {"val": val, "test": test, "seed": seed}, "cache_key": key,
         "images": str(images), "labels": str(labels) if labels else None, "counts": counts,
     }

@@ -7,7 +7,6 @@ different splits (split name or split-manifest hash) are refused.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,44 +15,38 @@ import pandas as pd
 from zoomorph.evaluation import plots
 from zoomorph.evaluation.evaluate import evaluate_run
 from zoomorph.evaluation.report import html_image, html_note, html_page, html_table
-from zoomorph.runs import HISTORY_FILE, METRICS_FILE, SUMMARY_FILE, RunConfig, build_model
+from zoomorph.runs import Run, build_model
 
 COLUMNS = ["run", "model", "head", "parameters", "input_size", "epochs", "train_seconds", "images_per_s",
            "accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy", "ece", "rmse", "tta_accuracy",
            "split", "split_hash"]
 
 
-def compare_runs(run_dirs: list[Path]) -> pd.DataFrame:
+def compare_runs(runs: list[Run | Path]) -> pd.DataFrame:
     """One row per run (columns: COLUMNS). Evaluates a run that has no metrics.json yet (val split)."""
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
+    runs = [Run.of(r) for r in runs]
+    if not runs:
         raise ValueError("compare needs at least one run folder")
-    metrics = [_metrics(r) for r in run_dirs]
-    _check_same_split(run_dirs, metrics)
-    return pd.DataFrame([_row(r, m) for r, m in zip(run_dirs, metrics)], columns=COLUMNS)
+    metrics = [r.metrics() or evaluate_run(r) for r in runs]
+    _check_same_split(runs, metrics)
+    return pd.DataFrame([_row(r, m) for r, m in zip(runs, metrics)], columns=COLUMNS)
 
 
-def _metrics(run_dir: Path) -> dict:
-    path = run_dir / METRICS_FILE
-    return json.loads(path.read_text()) if path.exists() else evaluate_run(run_dir)
-
-
-def _check_same_split(run_dirs: list[Path], metrics: list[dict]) -> None:
+def _check_same_split(runs: list[Run], metrics: list[dict]) -> None:
     splits = {(m["split"], m["split_hash"]) for m in metrics}
     if len(splits) > 1:
-        lines = "\n".join(f"  {r}: split {m['split']!r}, hash {m['split_hash']}" for r, m in zip(run_dirs, metrics))
+        lines = "\n".join(f"  {r.dir}: split {m['split']!r}, hash {m['split_hash']}" for r, m in zip(runs, metrics))
         raise ValueError("these runs were evaluated on different galaxies and cannot be compared:\n" + lines
                          + "\nevaluate them all on the same prepared data and split first")
 
 
-def _row(run_dir: Path, metrics: dict) -> dict:
-    cfg = RunConfig.load(run_dir)
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).exists() else {}
-    history = pd.read_csv(run_dir / HISTORY_FILE) if (run_dir / HISTORY_FILE).exists() else pd.DataFrame()
+def _row(run: Run, metrics: dict) -> dict:
+    cfg, summary = run.config, run.summary()
+    history = pd.read_csv(run.history_file) if run.history_file.exists() else pd.DataFrame()
     plain, tta = metrics["variants"]["plain"], metrics["variants"].get("tta", {})
     ci = plain.get("ci", {}).get("accuracy", {})
     return {
-        "run": run_dir.name, "model": cfg.model, "head": cfg.head,
+        "run": run.name, "model": cfg.model, "head": cfg.head,
         "parameters": summary.get("parameters") or sum(p.numel() for p in build_model(cfg).parameters()),
         "input_size": cfg.image_size,
         "epochs": summary.get("epochs") or len(history),
@@ -70,14 +63,14 @@ def _history_stat(history: pd.DataFrame, column: str, how: str) -> float:
     return float(history[column].agg(how)) if column in history else np.nan
 
 
-def write_compare_html(run_dirs: list[Path], out: Path) -> Path:
+def write_compare_html(runs: list[Run | Path], out: Path) -> Path:
     """A self-contained page: the comparison table and every run's training curves on shared axes."""
-    table = compare_runs(run_dirs)
+    runs = [Run.of(r) for r in runs]
+    table = compare_runs(runs)
     first = table.iloc[0]
     intro = (f"<p>{len(table)} runs, all evaluated on the <b>{html.escape(first['split'])}</b> split "
              f"(split hash <code>{html.escape(str(first['split_hash']))}</code>).</p>")
-    histories = {Path(r).name: pd.read_csv(Path(r) / HISTORY_FILE) for r in run_dirs
-                 if (Path(r) / HISTORY_FILE).exists()}
+    histories = {r.name: pd.read_csv(r.history_file) for r in runs if r.history_file.exists()}
     curves = (html_image(plots.training_curves(histories), "training curves of all runs") if histories
               else html_note("None of the runs has a history.csv."))
     sections = [("table", "Runs", html_table(_display_rows(table), DISPLAY_HEADER)

@@ -28,42 +28,36 @@ from zoomorph.evaluation.metrics import (
     label_metrics,
     rmse_per_question,
 )
-from zoomorph.inference import predict_array
-from zoomorph.runs import METRICS_FILE, RunConfig, load_run
+from zoomorph.inference import Predictor
+from zoomorph.labels import assign
+from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS
 
 NO_CLASS = "(none)"  # what a vote preset says when the predicted fractions meet no rule
 VARIANT_TITLES = {"plain": "plain", "tta": "TTA (8 dihedral views)"}
 
 
-def predictions_file(run_dir: Path, split: str) -> Path:
-    return Path(run_dir) / f"predictions_{split}.parquet"
-
-
-def evaluate_run(run_dir: Path, data_dir: Path | None = None, split: str = "val", tta: bool = False,
+def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "val", tta: bool = False,
                  batch_size: int = 256, bootstrap: int = 1000) -> dict:
     """Score a trained run on `split`, plainly and (tta=True) averaged over the 8 dihedral views.
 
     Writes RUN/metrics.json and RUN/predictions_<split>.parquet; returns the metrics dict.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
+    run = Run.of(run)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, cfg = load_run(run_dir, device)
-    data = _data_for(cfg, data_dir, run_dir)
+    model, cfg = run.load_model(device), run.config
+    data = _data_for(cfg, data_dir, run.dir)
     rows = data.indices(split, labelled=cfg.head == "classes")  # the votes head scores every galaxy
     if len(rows) == 0:
         raise ValueError(f"{data.root}: no galaxies to evaluate in split {split!r}")
     table = data.table.iloc[rows].reset_index(drop=True).assign(row=rows)
     images = data.images[rows]
 
-    outputs = {"plain": predict_array(model, images, cfg.head, batch_size)}
+    # float32 on a GPU too (no autocast): these are the figures the run is judged by
+    outputs = {"plain": Predictor.from_model(model, cfg.head).probabilities(images, batch_size)}
     if tta:
-        from zoomorph.data.augment import dihedral
-
-        views = [predict_array(model, images, cfg.head, batch_size, transform=partial(dihedral, k=k))
-                 for k in range(8)]
-        outputs["tta"] = np.mean(views, axis=0)
+        outputs["tta"] = Predictor.from_model(model, cfg.head, tta=True).probabilities(images, batch_size)
 
     score = _score_classes if cfg.head == "classes" else partial(_score_votes, preset=data.preset)
     variants, predictions = {}, table[["row", "id", "label"]].copy()
@@ -73,14 +67,14 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, split: str = "val"
         predictions = predictions.assign(**{k + suffix: v for k, v in columns.items()})
 
     metrics = {
-        "run": run_dir.name, "model": cfg.model, "head": cfg.head, "split": split, "n": len(rows),
+        "run": run.name, "model": cfg.model, "head": cfg.head, "split": split, "n": len(rows),
         "split_hash": data.split_hash, "trained_split_hash": cfg.split_hash, "data": str(data.root),
         "classes": variants["plain"]["classes"], "variants": variants,
         "evaluated": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
                       "seconds": round(time.perf_counter() - started, 2)},
     }
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    predictions.to_parquet(predictions_file(run_dir, split), index=False)
+    run.metrics_file.write_text(json.dumps(metrics, indent=2))
+    predictions.to_parquet(run.predictions_file(split), index=False)
     return metrics
 
 
@@ -135,8 +129,6 @@ def _score_votes(fractions: np.ndarray, table: pd.DataFrame, classes: list[str],
 
 def preset_labels(fractions: np.ndarray, ids: pd.Series, preset) -> pd.Series:
     """Classes a label preset derives from predicted vote fractions (None where no rule is met)."""
-    from zoomorph.labels import assign
-
     frame = pd.DataFrame(fractions, columns=ANSWER_COLUMNS, index=pd.Index(ids, name="GalaxyID"))
     return assign(frame, preset).labels.reset_index(drop=True)
 

@@ -18,13 +18,12 @@ from matplotlib.figure import Figure
 
 from zoomorph.data.prepared import SKIPPED_FILE, PreparedData
 from zoomorph.evaluation import plots
-from zoomorph.evaluation.evaluate import VARIANT_TITLES, evaluate_run, predictions_file, summary_rows
+from zoomorph.evaluation.evaluate import VARIANT_TITLES, evaluate_run, summary_rows
 from zoomorph.evaluation.saliency import activations, grad_cam
 from zoomorph.inference import to_input
-from zoomorph.runs import HISTORY_FILE, METRICS_FILE, SUMMARY_FILE, RunConfig, load_run
+from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS, QUESTION_OF
 
-REPORT_FILE = "report.html"
 SALIENCY_PER_CLASS = 2  # the most confident right and the most confident wrong prediction
 
 STYLE = """
@@ -38,30 +37,29 @@ img { max-width: 100%; display: block; margin: 0.5em 0; }
 """
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
+def write_report(run: Run | Path, out: Path | None = None) -> Path:
     """Write the run's report (default RUN/report.html); evaluates the run first if it never was."""
-    run_dir = Path(run_dir)
-    cfg = RunConfig.load(run_dir)
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else evaluate_run(run_dir)
+    run = Run.of(run)
+    cfg = run.config
+    metrics = run.metrics() or evaluate_run(run)
     data = PreparedData.load(Path(metrics["data"])) if Path(metrics["data"]).exists() else None
-    preds_path = predictions_file(run_dir, metrics["split"])
+    preds_path = run.predictions_file(metrics["split"])
     predictions = pd.read_parquet(preds_path) if preds_path.exists() else None
     sections = [
-        ("configuration", "Configuration", _configuration(cfg, _read_json(run_dir / SUMMARY_FILE))),
+        ("configuration", "Configuration", _configuration(cfg, run.summary())),
         ("data", "Data", _data_summary(data)),
-        ("training", "Training curves", _training(run_dir / HISTORY_FILE)),
+        ("training", "Training curves", _training(run.history_file)),
         ("metrics", "Metrics", _metrics(metrics)),
         ("confusion", "Confusion matrix", _confusion(metrics)),
         ("calibration", "Calibration", _calibration(metrics)),
         ("samples", "Sample galaxies", _samples(data, predictions)),
-        ("saliency", "Saliency: what the network looks at", _saliency(run_dir, cfg, data, predictions)),
+        ("saliency", "Saliency: what the network looks at", _saliency(run, data, predictions)),
     ]
-    title = f"zoomorph run {run_dir.name}: {cfg.model} ({cfg.head})"
+    title = f"zoomorph run {run.name}: {cfg.model} ({cfg.head})"
     intro = (f"<p>Evaluated on the <b>{html.escape(metrics['split'])}</b> split ({metrics['n']:,} galaxies, "
              f"split hash <code>{html.escape(str(metrics['split_hash']))}</code>), "
              f"{html.escape(metrics['evaluated']['at'])}.</p>")
-    out = Path(out) if out else run_dir / REPORT_FILE
+    out = Path(out) if out else run.report_file
     out.write_text(html_page(title, intro, sections), encoding="utf-8")
     return out
 
@@ -73,10 +71,6 @@ def html_page(title: str, intro: str, sections: list[tuple[str, str, str]]) -> s
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
             f"<h1>{html.escape(title)}</h1>\n{intro}\n{body}\n</body>\n</html>\n")
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def html_image(fig: Figure, alt: str) -> str:
@@ -188,10 +182,10 @@ def _samples(data: PreparedData | None, predictions: pd.DataFrame | None) -> str
     return "\n".join(parts)
 
 
-def _saliency(run_dir: Path, cfg: RunConfig, data: PreparedData | None, predictions: pd.DataFrame | None) -> str:
+def _saliency(run: Run, data: PreparedData | None, predictions: pd.DataFrame | None) -> str:
     if data is None or predictions is None or predictions.empty:
         return html_note("Saliency needs the prepared data and the predictions of an evaluation.")
-    model, _ = load_run(run_dir, "cpu")
+    model, cfg = run.load_model("cpu"), run.config
     examples = _saliency_examples(predictions)
     images = [data.images[r] for r in examples["row"]]
     inputs = to_input(torch.from_numpy(np.stack(images)))

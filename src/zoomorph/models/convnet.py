@@ -56,7 +56,7 @@ def build_convnet(act: type[nn.Module]) -> nn.Module:
 # Measured on the real q1 set (docs/models.md): zoom 0.5-1.5 augmentation keeps accuracy at other
 # angular scales (about 93% at 0.5x and above at 0.75-1.5x after 25 epochs, the 0.5x figure varying
 # with the seed; 4-10 minutes on a 2-core CPU).
-RECIPE = {**MODERN_RECIPE, "augment": "scale", "epochs": 25}
+RECIPE = MODERN_RECIPE.but(augment="scale", epochs=25)
 
 
 @register_model("convnet", default_image_size=64, recipe=RECIPE, head_dropout=0.3,

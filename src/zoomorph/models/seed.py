@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from zoomorph.models.recipe import Recipe
 from zoomorph.models.registry import register_model
 
 # The seed project's recipe: Keras' Adam defaults, batch 64, its rotate/flip augmentation, and its
 # callbacks: stop once validation loss < 0.25, early stopping (patience 5), best checkpoint by val accuracy.
-KERAS_RECIPE = dict(optimizer="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-7, weight_decay=0.0,
-                    scheduler=None, label_smoothing=0.0, batch_size=64, augment="seed",
-                    val_loss_stop=0.25, patience=5, epochs=30)
+KERAS_RECIPE = Recipe(optimizer="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-7, weight_decay=0.0,
+                      scheduler=None, label_smoothing=0.0, batch_size=64, augment="seed",
+                      val_loss_stop=0.25, patience=5, epochs=30)
+SEED_SIZE = 150  # its 150 x 150 crops of the central 150 px: no resampling
 
 
 def _valid_conv_pool_side(image_size: int, blocks: int) -> int:
@@ -47,7 +49,7 @@ def _conv_stack(widths: list[int], batch_norm: list[bool]) -> list[nn.Module]:
     return layers
 
 
-@register_model("seed-model1", default_image_size=150, recipe=KERAS_RECIPE,
+@register_model("seed-model1", default_image_size=SEED_SIZE, default_fov=SEED_SIZE, recipe=KERAS_RECIPE,
                 description="seed project model 1: 5 valid 3x3 convs (32-128) with BN, dense 512-128")
 def seed_model1(image_size: int) -> tuple[nn.Module, int]:
     widths = [32, 32, 64, 64, 128]
@@ -62,7 +64,7 @@ def seed_model1(image_size: int) -> tuple[nn.Module, int]:
     return backbone, 128
 
 
-@register_model("seed-model2", default_image_size=150, recipe=KERAS_RECIPE,
+@register_model("seed-model2", default_image_size=SEED_SIZE, default_fov=SEED_SIZE, recipe=KERAS_RECIPE,
                 description="seed project model 2: 5 valid 3x3 convs (64-128), dropout 0.5, dense 512")
 def seed_model2(image_size: int) -> tuple[nn.Module, int]:
     widths = [64, 64, 128, 128, 128]

@@ -1,14 +1,14 @@
 """Classifying images at scale: `predict(run_dir, inputs, out)` and `export_onnx(run_dir)`.
 
 The names load on first use, so that decoding worker processes, which import
-zoomorph.predict.inputs, start without importing torch (docs/predict.md).
+zoomorph.io, start without importing torch (docs/predict.md).
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-_EXPORTS = {"predict": "engine", "PredictSummary": "engine", "export_onnx": "onnx", "expand_inputs": "inputs"}
+_EXPORTS = {"predict": "engine", "PredictSummary": "engine", "export_onnx": "onnx"}
 
 __all__ = list(_EXPORTS)
 

@@ -1,12 +1,13 @@
-"""Prediction over any number of images, streamed: decode and infer in batches in workers, write parts.
+"""`predict()`: any number of images, streamed, into one output file; the choices it makes.
 
 Each batch of sources is decoded into one uint8 array (DCT-draft JPEG decoding,
-images.load) and run through the model in one call; on a CPU the worker
-processes do both, on a GPU they decode and the main process runs the model.
-The input listing goes to disk first (listing.py) and is read back a chunk
-at a time, and at most a few batches are in flight, so memory does not grow
-with the input count. Results go to writers.PartWriter chunk by chunk, which
-is what makes a killed run resumable.
+images.load) and run through the model in one call, by the local engine
+(local_engine.py: worker processes) or on Ray (ray_engine.py). The input
+listing goes to disk first (listing.py) and is read back a chunk at a time,
+and at most a few batches are in flight, so memory does not grow with the
+input count. Results go to writers.PartWriter chunk by chunk, which is what
+makes a killed run resumable. Here: the checks, the backend choice, the
+fingerprint, the lock on OUT.parts and the progress bar.
 """
 
 from __future__ import annotations
@@ -15,18 +16,13 @@ import errno
 import hashlib
 import importlib.util
 import json
-import multiprocessing as mp
-import os
 import shutil
 import time
 import warnings
-from collections import deque
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from multiprocessing.pool import Pool
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -37,11 +33,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from zoomorph.labels import get_preset
 from zoomorph.predict.guards import check_not_listed, check_out
-from zoomorph.predict.inputs import decode_batch
 from zoomorph.predict.listing import Listing
-from zoomorph.predict.predictor import Predictor, output_columns, weights_digest
+from zoomorph.predict.local_engine import local_results
+from zoomorph.predict.onnx import exported
+from zoomorph.predict.ray_engine import ray_results
+from zoomorph.predict.results import PredictOptions, output_columns
 from zoomorph.predict.writers import FORMATS, PartWriter, discard_parts, disk_full, finished, is_disk_full, parts_dir
-from zoomorph.runs import CONFIG_FILE, RunConfig, RunFileError, load_run
+from zoomorph.runs import Run, RunConfig, RunFileError, file_digest
 
 try:
     import fcntl
@@ -63,96 +61,6 @@ class PredictSummary:
     images_per_s: float  # those per second of this call's wall time (0 when nothing was left to do)
     backend: str  # the one that ran: "auto" resolved
     already_complete: bool = False  # out was this very prediction's finished output: nothing was redone
-
-
-# ---------------------------------------------------------------- the local engine
-
-def ordered(fn: Callable, tasks: Iterable[tuple], pool: Pool | None, window: int) -> Iterator:
-    """fn over `tasks`, in order, in `pool` (None: here), at most `window` tasks ahead.
-
-    A bounded window rather than Pool.imap: imap runs ahead as far as the
-    workers can, so a slow consumer would let results pile up in memory.
-    """
-    if pool is None:
-        yield from map(fn, tasks)
-        return
-    pending: deque = deque()
-    for task in tasks:
-        pending.append(pool.apply_async(fn, (task,)))
-        if len(pending) > window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-@lru_cache(maxsize=1)
-def _worker_predictor(run_dir: Path, options: tuple) -> Predictor:
-    # One thread: the workers already fill the cores, and torch's OpenMP pool
-    # cannot start more threads in a forked child (it hangs).
-    torch.set_num_threads(1)
-    return Predictor(run_dir, **dict(options))
-
-
-def predict_batches(task: tuple) -> tuple[int, pd.DataFrame]:
-    """In a CPU worker: decode and predict a span of sources, batch by batch (the model loads with the
-    worker's first task). Each batch is seeded by its start, whichever worker runs it."""
-    (run_dir, options), (start, sources, size, fov), batch_size = task
-    predictor = _worker_predictor(run_dir, options)
-    results = []
-    for offset in range(0, len(sources), batch_size):
-        _, pixels, errors = decode_batch((start + offset, sources[offset:offset + batch_size], size, fov))
-        results.append(predictor.results(pixels, errors, seed=start + offset))
-    return start, pd.concat(results, ignore_index=True)
-
-
-def default_workers(workers: int | None) -> int:
-    """Worker processes: one per core unless told (0: everything in this process)."""
-    return (os.cpu_count() or 1) if workers is None else workers
-
-
-# Batches per CPU worker task: fewer, larger tasks, as each one costs the pool's threads here some
-# CPU time that the workers then lack (measured ~3% of the run at one batch per task).
-BATCHES_PER_TASK = 4
-
-
-def batch_size_for(cuda: bool) -> int:
-    """The default batch: 64 on a CPU, where small batches stay in the caches (measured ~10% faster
-    than 256 with every backend), 256 on a GPU."""
-    return 256 if cuda else 64
-
-
-def local_results(run_dir: Path, chunks: Iterable[tuple[int, list[str]]], *, batch_size: int | None,
-                  workers: int | None, predictor_options: dict) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
-    """Result rows, batch by batch, in input order, for `chunks`: (first row, sources) each.
-
-    On a CPU each worker decodes *and* predicts its own batches with one thread:
-    every core runs the whole pipeline, no pixels cross processes and no thread
-    pools fight over the cores. On a GPU the model stays here (one CUDA context)
-    and the workers only decode.
-    """
-    cfg = RunConfig.load(run_dir)
-    workers, cuda = default_workers(workers), torch.cuda.is_available()
-    batch_size = batch_size or batch_size_for(cuda)
-    on_cpus = workers > 0 and not cuda
-    step = batch_size * (BATCHES_PER_TASK if on_cpus else 1)
-    tasks = ((start + s, sources[s:s + step], cfg.image_size, cfg.fov)
-             for start, sources in chunks for s in range(0, len(sources), step))
-    # The pool forks before the model is loaded (and before CUDA starts): light, clean children.
-    with mp.get_context().Pool(workers) if workers else nullcontext() as pool:
-        if on_cpus:
-            setup = (Path(run_dir), tuple(sorted(predictor_options.items())))
-            for start, results in ordered(predict_batches, ((setup, t, batch_size) for t in tasks), pool,
-                                          window=2 * workers):
-                yield np.arange(start, start + len(results)), results
-            return
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1 if cuda else os.cpu_count() or 1)  # on a GPU this thread mostly waits
-        try:
-            predictor = Predictor(run_dir, **predictor_options)
-            for start, pixels, errors in ordered(decode_batch, tasks, pool, window=2 * max(workers, 1)):
-                yield np.arange(start, start + len(errors)), predictor.results(pixels, errors, seed=start)
-        finally:
-            torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------- predict()
@@ -227,11 +135,11 @@ def _galaxy_ids(listing: Listing) -> None:
                          f"(e.g. {listing.not_numeric!r})")
 
 
-def _fingerprint(run_dir: Path, listing: Listing, settings: dict) -> str:
+def _fingerprint(run: Run, listing: Listing, settings: dict) -> str:
     """Changes when the input listing, the run (config and weights) or a result-changing setting does."""
     h = hashlib.sha256(listing.digest.encode())
-    h.update((Path(run_dir) / CONFIG_FILE).read_bytes())
-    h.update(weights_digest(run_dir).encode())
+    h.update(run.config_file.read_bytes())
+    h.update(run.weights_digest.encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -245,27 +153,25 @@ def chosen_backend(backend: str, engine: str, mc_samples: int) -> str:
     return "torch" if mc_samples or engine == "ray" or torch.cuda.is_available() else "onnx"
 
 
-def _graph_digest(run_dir: Path, backend: str, auto: bool, progress: bool) -> str | None:
+def _graph_digest(run: Run, backend: str, auto: bool, progress: bool) -> str | None:
     """Export the graph once, here, before any worker or actor starts; its sha256 (None: use torch).
 
     Only for "auto" does a graph that cannot be made (a read-only run folder, an op the exporter
     lacks) fall back to torch, with a warning; a backend asked for by name fails."""
-    from zoomorph.predict.onnx import exported
-
     try:
-        graph = exported(run_dir, int8=backend == "onnx-int8", say=Console().print if progress else None)
+        graph = exported(run, int8=backend == "onnx-int8", say=Console().print if progress else None)
     except (RunFileError, FileNotFoundError):  # a damaged or missing model.pt: torch could not serve it either
         raise
     except Exception as err:  # noqa: BLE001 (any export failure: torch still serves the model as trained)
         if not auto:
             raise
-        warnings.warn(f"could not export {run_dir} to ONNX ({type(err).__name__}: {err}); predicting with torch",
+        warnings.warn(f"could not export {run.dir} to ONNX ({type(err).__name__}: {err}); predicting with torch",
                       stacklevel=3)
         return None
-    return hashlib.sha256(graph.read_bytes()).hexdigest()
+    return file_digest(graph)
 
 
-def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str | None = None,
+def predict(run: Run | Path, inputs: list[str | Path], out: Path, *, format: str | None = None,
             backend: str = "auto", engine: str = "local", tta: bool = False, mc_samples: int = 0,
             batch_size: int | None = None, workers: int | None = None, chunk_size: int = 4096,
             preset: str | None = None, ray_address: str | None = None, progress: bool = True,
@@ -278,28 +184,28 @@ def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str |
     that is not predict's own output is replaced only with `overwrite`; an input never is.
     """
     started = time.perf_counter()
-    run_dir, out = Path(run_dir), Path(out)
+    run, out = Run.of(run), Path(out)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)  # read twice: checks, then listing
-    cfg = RunConfig.load(run_dir)
+    cfg = run.config
     auto, backend = backend == "auto", chosen_backend(backend, engine, mc_samples)
     format = output_format(out, format)
     _check(cfg, format, backend, engine, mc_samples, preset)
     _check_sizes(batch_size, workers, chunk_size)
     check_out(out, inputs, format, overwrite)
-    graph = _graph_digest(run_dir, backend, auto, progress) if backend != "torch" else None
+    graph = _graph_digest(run, backend, auto, progress) if backend != "torch" else None
     if graph is None:  # torch asked for, chosen, or fallen back to
         backend = "torch"
-        load_run(run_dir)  # a damaged model.pt fails here, once, rather than in every worker
+        run.load_model()  # a damaged model.pt fails here, once, rather than in every worker
     columns = output_columns(cfg, preset, mc_samples)
-    options = dict(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
-    settings = options | {"chunk_size": chunk_size} | ({"graph_sha256": graph} if graph else {})  # e.g. re-calibrated
+    options = PredictOptions(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
+    settings = options.as_settings() | {"chunk_size": chunk_size} | ({"graph_sha256": graph} if graph else {})  # e.g. re-calibrated
     writer = None
     try:
         with _claimed(parts_dir(out)):
             listing = Listing.scan(inputs, parts_dir(out), chunk_size, reserved=frozenset(columns),
                                    check=_galaxy_ids if format == "kaggle" else None)
             check_not_listed(out, listing)
-            fingerprint = _fingerprint(run_dir, listing, settings)
+            fingerprint = _fingerprint(run, listing, settings)
             done = None if overwrite else finished(out)
             if done and (done["fingerprint"], done["format"]) == (fingerprint, format):
                 discard_parts(out, fingerprint)
@@ -310,13 +216,10 @@ def predict(run_dir: Path, inputs: list[str | Path], out: Path, *, format: str |
             if pending:
                 chunks = ((listing.chunk_rows(k)[0], listing.sources(k)) for k in pending)  # read when needed
                 if engine == "ray":
-                    from zoomorph.predict.ray_engine import ray_results
-
-                    stream = ray_results(run_dir, chunks, batch_size=batch_size, actors=workers,
-                                         ray_address=ray_address, predictor_options=options)
+                    stream = ray_results(run, chunks, batch_size=batch_size, actors=workers,
+                                         ray_address=ray_address, options=options)
                 else:
-                    stream = local_results(run_dir, chunks, batch_size=batch_size, workers=workers,
-                                           predictor_options=options)
+                    stream = local_results(run, chunks, batch_size=batch_size, workers=workers, options=options)
                 _consume(stream, writer, todo, progress)
             ok, errors = writer.finish(format)
     except OSError as err:

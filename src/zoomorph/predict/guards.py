@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from zoomorph.data.images import is_image_name
-from zoomorph.predict.fits import is_fits
+from zoomorph.io.sources import is_fits, is_image_name
 from zoomorph.predict.listing import Listing
 from zoomorph.predict.writers import MANIFEST, errors_path, finished, parts_dir
 
@@ -70,6 +69,6 @@ def check_not_listed(out: Path, listing: Listing) -> None:
     names = (out.name, os.path.basename(os.path.realpath(out)))
     for k in range(listing.n_chunks):
         for source in listing.sources(k):
-            if source.endswith(names) and _identity(source) == itself:
+            if isinstance(source, str) and source.endswith(names) and _identity(source) == itself:  # not an Unusable
                 raise ValueError(f"--out {out} is an input: it is listed as {source}, and predicting would "
                                  "overwrite it; give another --out")

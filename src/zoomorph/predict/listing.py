@@ -1,13 +1,17 @@
 """The input listing on disk, so that predict's memory does not grow with the input count.
 
-    OUT.parts/listing-00000.parquet   id, path and catalogue columns of rows [0, C), C = chunk size
+    OUT.parts/listing-00000.parquet   id, path, error and catalogue columns of rows [0, C), C = chunk size
     OUT.parts/listing-00001.parquet   rows [C, 2C) ...
 
-`Listing.scan` expands the inputs chunk by chunk (inputs.iter_listing) into
-these files, digesting them as it goes; prediction then reads back one chunk's
-sources, and the writer one chunk's columns, at a time. Every call rescans and
-rewrites the files before reading any of them, so a file torn by a kill is
-never read, and a resumed run predicts exactly the listing it fingerprinted.
+`Listing.scan` expands the inputs chunk by chunk (zoomorph.io.inputs.iter_listing)
+into these files, digesting them as it goes; prediction then reads back one
+chunk's sources, and the writer one chunk's columns, at a time. Every call
+rescans and rewrites the files before reading any of them, so a file torn by a
+kill is never read, and a resumed run predicts exactly the listing it
+fingerprinted. The `error` column (an Unusable row's reason) stays here: the
+output's own `error` says it, as decoding such a source raises it.
+
+This is predict's own (its OUT.parts, its output schema), so it lives in predict/, not zoomorph.io.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zoomorph.data.images import UNUSABLE
-from zoomorph.predict.catalogues import unused_name
-from zoomorph.predict.inputs import first_non_numeric, iter_listing
+from zoomorph.io.catalogues import unused_name
+from zoomorph.io.ids import first_non_numeric
+from zoomorph.io.inputs import OWN_COLUMNS, frame_sources, iter_listing
+from zoomorph.io.sources import Source
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class Listing:
     folder: Path
     chunk_size: int
     rows: int
-    schema: pa.Schema  # one for every chunk: id is int64 when every id is numeric, else string
+    schema: pa.Schema  # the output's listing columns, one for every chunk: id is int64 when every id is numeric
     digest: str  # sha256 over every chunk's column names and values, in order
     not_numeric: str | None  # the first id that is not a number; None when they are GalaxyIDs
 
@@ -55,8 +60,8 @@ class Listing:
     def _scan(cls, inputs: list, folder: Path, chunk_size: int, reserved: frozenset[str]) -> Listing:
         digest, schemas, rows, not_numeric = hashlib.sha256(), [], 0, None
         for k, frame in enumerate(iter_listing(inputs, chunk_size)):
-            frame = frame.rename(columns={c: unused_name(f"input_{c}", frame.columns) for c in frame.columns[2:]
-                                          if c in reserved})
+            frame = frame.rename(columns={c: unused_name(f"input_{c}", frame.columns)
+                                          for c in frame.columns[len(OWN_COLUMNS):] if c in reserved})
             digest.update(json.dumps(list(map(str, frame.columns))).encode())
             digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
             if not_numeric is None:
@@ -66,6 +71,7 @@ class Listing:
             schemas.append(table.schema)
             rows += len(frame)
         schema = _exact(_unify(schemas), schemas, folder)
+        schema = schema.remove(schema.get_field_index("error"))  # the output has its own error column
         if not_numeric is None:
             schema = schema.set(0, pa.field("id", pa.int64()))
         return cls(folder, chunk_size, rows, schema, digest.hexdigest(), not_numeric)
@@ -77,16 +83,17 @@ class Listing:
     def chunk_rows(self, k: int) -> tuple[int, int]:
         return k * self.chunk_size, min((k + 1) * self.chunk_size, self.rows)
 
-    def sources(self, k: int) -> list[str]:
-        return pq.read_table(_chunk_path(self.folder, k), columns=["path"])["path"].to_pylist()
+    def sources(self, k: int) -> list[Source]:
+        """Chunk k's sources, in order: a path, or an Unusable for a row with an error."""
+        return frame_sources(pq.read_table(_chunk_path(self.folder, k), columns=["path", "error"]).to_pydict())
 
     def chunk(self, k: int) -> pa.Table:
         """Chunk k's listing columns in the common schema (a column its inputs lack is null, and so is
-        the path of a catalogue row without one)."""
+        the path of an Unusable row)."""
         table = pq.read_table(_chunk_path(self.folder, k))
         path = table["path"]
         table = table.set_column(table.column_names.index("path"), "path",
-                                 pc.if_else(pc.starts_with(path, UNUSABLE), None, path))
+                                 pc.if_else(pc.is_null(table["error"]), path, None))
         columns = [table[f.name] if f.name in table.column_names else pa.nulls(len(table), f.type)
                    for f in self.schema]
         return pa.Table.from_arrays(columns, names=self.schema.names).cast(self.schema)

@@ -19,9 +19,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from zoomorph.data.prepared import PreparedData
-from zoomorph.predict.inputs import decode_batch, expand_inputs
+from zoomorph.io.decode import decode_batch
+from zoomorph.io.inputs import expand_inputs
 from zoomorph.runs import RunConfig
 
 CALIBRATION_IMAGES = 1024
@@ -86,8 +88,6 @@ def check_pixels(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray | None, str] | 
 
 
 def _outputs(model: Path, pixels: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: np.ascontiguousarray(pixels[i:i + BATCH])})[0]
@@ -152,7 +152,7 @@ def head_nodes(model_path: Path) -> list[str]:
     They stay float32: they cost nothing, and quantised they would round the probabilities
     to multiples of 1/255, which then no longer sum to 1.
     """
-    import onnx
+    import onnx  # heavy (~0.7 s): only the int8 export needs it, so predict does not load it
 
     nodes = onnx.load(str(model_path)).graph.node  # topologically sorted
     last = max((i for i, n in enumerate(nodes) if n.op_type in ("Gemm", "MatMul")), default=len(nodes))
@@ -169,7 +169,7 @@ def _consumers(nodes, tensor: str) -> list:
 
 def _scaled_pixels(model) -> str | None:
     """The float graph's pixels/255 tensor: Div(Cast(the uint8 input, maybe transposed), 255)."""
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # heavy: see head_nodes
 
     nodes, constants = model.graph.node, {i.name: i for i in model.graph.initializer}
     divide = next((n for n in nodes if n.op_type == "Div" and n.input[1] in constants
@@ -185,7 +185,7 @@ def _feed_pixels(path: Path, scaled: str) -> None:
     Quantised with scale 1/255 and zero point 0, pixels/255 is the pixels themselves, so
     Cast -> Div -> QuantizeLinear is an exact no-op: drop it (2% of the int8 model's time).
     """
-    import onnx
+    import onnx  # heavy: see head_nodes
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
@@ -217,6 +217,7 @@ def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray, input_name: str) ->
     almost no spread of values (e.g. an untrained, zero-initialised branch) defeats the histograms.
     The input's range is known, not measured: pixels/255 is quantised as the pixels themselves.
     """
+    # heavy (~1.5 s with onnx): only the int8 export needs them, so predict does not load them
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from zoomorph.predict.engine import batch_size_for
-from zoomorph.predict.inputs import decode_batch
-from zoomorph.predict.predictor import Predictor
-from zoomorph.runs import RunConfig
+from zoomorph.io.decode import decode_batch
+from zoomorph.predict.local_engine import batch_size_for
+from zoomorph.predict.results import PredictOptions, ResultRows
+from zoomorph.runs import Run
 
 LOCAL_CPUS = 2  # a local Ray instance stays small: it shares the machine with everything else
 # The listing goes to Ray a few hundred thousand rows at a time, so the driver never holds it whole.
@@ -43,24 +42,24 @@ def _decode(batch: dict[str, np.ndarray], size: int, fov: int) -> dict[str, np.n
 class _Infer:
     """An actor holding one loaded model."""
 
-    def __init__(self, run_dir: str, options: dict):
-        self.predictor = Predictor(Path(run_dir), **options)
+    def __init__(self, run: Run, options: PredictOptions):
+        self.rows = ResultRows(run, options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         ok = batch["error"] == ""
-        results = self.predictor.results(batch["pixels"][ok], list(batch["error"]), seed=int(batch["row"][0]))
+        results = self.rows.of_batch(batch["pixels"][ok], list(batch["error"]), seed=int(batch["row"][0]))
         return results.assign(row=batch["row"])
 
 
-def ray_results(run_dir: Path, chunks: Iterable[tuple[int, list[str]]], *, batch_size: int | None,
+def ray_results(run: Run, chunks: Iterable[tuple[int, list[str]]], *, batch_size: int | None,
                 actors: int | None, ray_address: str | None,
-                predictor_options: dict) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+                options: PredictOptions) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
     """(listing rows, result rows) for `chunks` ((first row, sources) each), in order, computed on Ray.
 
     `actors`: inference actors; by default one per GPU in the cluster, else one.
     """
     try:
-        import ray
+        import ray  # optional (pip install zoomorph[ray]): predict imports this module without it
     except ImportError:
         raise ImportError("engine='ray' needs Ray: pip install zoomorph[ray]") from None
 
@@ -74,7 +73,7 @@ def ray_results(run_dir: Path, chunks: Iterable[tuple[int, list[str]]], *, batch
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in input order: chunks fill one by one
         context.enable_progress_bars = False  # predict() shows its own
-        cfg = RunConfig.load(run_dir)
+        cfg = run.config
         gpus = int(ray.cluster_resources().get("GPU", 0))
         batch_size = batch_size or batch_size_for(cuda=gpus > 0)
         chunks = iter(chunks)
@@ -84,7 +83,7 @@ def ray_results(run_dir: Path, chunks: Iterable[tuple[int, list[str]]], *, batch
             ds = (ray.data.from_pandas(blocks)
                   .map_batches(_decode, fn_kwargs=dict(size=cfg.image_size, fov=cfg.fov), batch_size=batch_size,
                                batch_format="numpy")
-                  .map_batches(_Infer, fn_constructor_kwargs=dict(run_dir=str(run_dir), options=predictor_options),
+                  .map_batches(_Infer, fn_constructor_kwargs=dict(run=run, options=options),
                                batch_size=batch_size, batch_format="numpy", concurrency=actors or max(gpus, 1),
                                num_gpus=1 if gpus else 0))
             for results in ds.iter_batches(batch_size=None, batch_format="pandas"):

@@ -1,4 +1,4 @@
-"""FITS cutouts -> the same RGB uint8 crops as the JPEGs.
+"""FITS cutouts -> RGB pictures, which zoomorph.io.decode crops and resizes like a JPEG.
 
 Band -> RGB mapping (docs/predict.md):
   * a 3-plane cube (3, H, W) holds three bands ordered blue to red, e.g. SDSS
@@ -11,8 +11,7 @@ bands tied together, `astropy.visualization.make_lupton_rgb`. Each band's sky
 so counts, nanomaggies or any other flux unit give the same picture; then
 stretch = 0.05 and Q = 8: that level comes out at ~80% of white and the sky
 noise as dark grey, close to the SDSS composites. Rows are flipped because
-FITS stores the bottom row first, and the result is centre-cropped and resized
-like a JPEG (images.crop_resize). NaN pixels read as sky.
+FITS stores the bottom row first. NaN pixels read as sky.
 The first HDU with 2-D or 3-D image data is used (primary or extension).
 """
 
@@ -22,22 +21,16 @@ import gzip
 import io
 
 import numpy as np
-from astropy.io import fits
-from astropy.visualization import make_lupton_rgb
-from PIL import Image
 
-from zoomorph.data.images import Decoded, ImageError, crop_resize, fov_crop, read_bytes
+from zoomorph.io.sources import ImageError
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 SCALE_PERCENTILE = 99.5  # this level of the sky-subtracted cube becomes 1 ...
 LUPTON_STRETCH, LUPTON_Q = 0.05, 8  # ... and comes out at ~80% of white
 
 
-def is_fits(name: str) -> bool:
-    return name.lower().endswith(FITS_SUFFIXES)
-
-
 def _image_data(data: bytes, name: str) -> np.ndarray:
+    from astropy.io import fits  # imported on the first FITS file: it adds most of a second to every start
+
     if data[:2] == b"\x1f\x8b":  # astropy only sniffs gzip on real files, not on bytes
         data = gzip.decompress(data)
     try:
@@ -54,6 +47,8 @@ def _image_data(data: bytes, name: str) -> np.ndarray:
 
 def to_rgb(planes: np.ndarray) -> np.ndarray:
     """(H, W) band or (3, H, W) blue-to-red bands -> (H, W, 3) uint8 by the Lupton asinh stretch."""
+    from astropy.visualization import make_lupton_rgb  # as in _image_data: only once a FITS file comes
+
     bands = planes[::-1] if planes.ndim == 3 else np.stack([planes] * 3)  # red first, as make_lupton_rgb wants
     bands = bands - np.nanmedian(bands, axis=(1, 2), keepdims=True)
     bands = np.nan_to_num(bands, nan=0.0)  # masked pixels read as sky
@@ -63,11 +58,9 @@ def to_rgb(planes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb[::-1])  # FITS rows run bottom to top
 
 
-def load_fits(source: str, size: int, fov: int) -> Decoded:
-    """Read a FITS cutout, map its bands to RGB and crop/resize it like a JPEG."""
-    planes = _image_data(read_bytes(source), source)
+def fits_rgb(data: bytes, name: str) -> tuple[np.ndarray, str]:
+    """A FITS file's bytes -> ((H, W, 3) uint8 picture, the note saying how its bands were mapped)."""
+    planes = _image_data(data, name)
     if not np.isfinite(planes).any():
-        raise ImageError(f"{source}: FITS image has no finite pixels")
-    im = Image.fromarray(to_rgb(planes))
-    note = "FITS, 3 bands" if planes.ndim == 3 else "FITS, 1 band as grey"
-    return Decoded(crop_resize(im, size, fov_crop(min(im.size), fov)), note)
+        raise ImageError(f"{name}: FITS image has no finite pixels")
+    return to_rgb(planes), "FITS, 3 bands" if planes.ndim == 3 else "FITS, 1 band as grey"

@@ -1,11 +1,11 @@
-"""Reading label files and images as published, and every bad input the issue names."""
+"""zoomorph.data.labelled: reading label files and images as published, and every bad input the issue names."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import REAL_DATA, jpeg_bytes, needs_real_data, random_solutions
-from zoomorph.data.catalog import LabelFileError, Report, build_catalog, read_labels
+from zoomorph.data.labelled import LabelFileError, Report, build_catalog, find_images, read_labels
 from zoomorph.data.prepare import prepare
 from zoomorph.labels import get_preset
 from zoomorph.schema import ANSWER_COLUMNS
@@ -75,7 +75,6 @@ def test_catalogue_with_path_column_and_missing_file(tmp_path):
     pd.DataFrame({"path": ["a.jpg", "gone.jpg"], "GalaxyID": [7, 8], "ra": [1.0, 2.0]}).to_csv(
         tmp_path / "cat.csv", index=False)
     report = Report()
-    from zoomorph.data.catalog import find_images
     table = find_images(tmp_path / "cat.csv", report)
     assert table["id"].tolist() == ["7"] and table["ra"].tolist() == [1.0]
     assert report.rows[0]["reason"] == "catalogue path does not exist" and "gone.jpg" in report.rows[0]["item"]
@@ -134,3 +133,21 @@ def test_q1_accounting_on_real_data(tmp_path):
     assert cat.counts["images without label row"] == 3269 and cat.counts["label rows without image"] == 21037
     assert cat.counts["class smooth"] == 679 and cat.counts["class featured"] == 2559
     assert len(cat.report.rows) == 3269 + 21037
+
+
+def test_a_file_keeps_its_id_as_written_and_joins_labels_however_their_ids_are_written(tmp_path):
+    """0123.jpg has id "0123" and matches a label row 123 or 123.0; with 123.jpg beside it, it is one galaxy."""
+    (tmp_path / "images").mkdir()
+    for name in ("0123.jpg", "0042.jpg", "galaxy.jpg"):
+        (tmp_path / "images" / name).write_bytes(jpeg_bytes())
+    for written in ("123", "123.0"):
+        labels = random_solutions([0, 42]).reset_index(drop=True)
+        labels.insert(0, "GalaxyID", [written, "42"])
+        labels.to_csv(tmp_path / "labels.csv", index=False)
+        cat = build_catalog(tmp_path / "images", tmp_path / "labels.csv", get_preset("hubble"))
+        assert sorted(cat.table["id"]) == ["0042", "0123"]
+        assert cat.counts["images without label row"] == 1 and cat.counts["label rows without image"] == 0
+    (tmp_path / "images" / "123.jpg").write_bytes(jpeg_bytes())
+    cat = build_catalog(tmp_path / "images", tmp_path / "labels.csv", get_preset("hubble"))
+    dups = cat.report.frame().query("reason == 'duplicate GalaxyID (first file kept)'")["item"].tolist()
+    assert dups == [str(tmp_path / "images" / "123.jpg")] and sorted(cat.table["id"]) == ["0042", "0123"]

@@ -1,6 +1,8 @@
-"""Catalogue inputs: a CSV or Parquet table with a path column, its other columns carried into the output exactly.
+"""Catalogues: a CSV or Parquet table with a path column, its other columns read exactly, a chunk at a time.
 
 Read a chunk at a time, so a catalogue of millions is never held whole.
+* The path column is the first of PATH_COLUMNS present; it is read as text
+  (a path like `100` stays one), relative paths from the catalogue's folder.
 * Parquet keeps its Arrow types (an int64 column with gaps stays int64); a
   named index that pandas saved becomes an ordinary column, an unnamed one
   (`__index_level_0__`) is dropped, as pandas itself would.
@@ -11,8 +13,7 @@ Read a chunk at a time, so a catalogue of millions is never held whole.
   zero (a code like 000123) keeps its column text; so do integers past int64
   (float64 would change their last digits). Blank lines are not rows.
 
-A row without a path is kept, as an error row: its source is an unusable one
-(zoomorph.data.images) naming the catalogue and the row, which decoding raises.
+A row without a path is kept: its source is an Unusable naming the catalogue and the row.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zoomorph.data.images import catalogue_sources, path_column
+from zoomorph.io.sources import Source, Unusable
 
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
+PATH_COLUMNS = ("path", "file", "filename", "image")  # a catalogue's path column: the first one present
 
 INTEGER = r"^[+-]?\d+$"
 DECIMAL = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
@@ -39,12 +41,32 @@ UNNAMED_INDEX = r"__index_level_\d+__"
 
 
 def is_catalogue(item: str) -> bool:
+    """Whether an input given is a catalogue (a CSV or Parquet file) rather than an image or a folder."""
     return item.lower().endswith(CATALOGUE_SUFFIXES) and os.path.isfile(item)
 
 
-def catalogue_frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """A catalogue in frames of `chunk_size` rows: its path column as `path`, relative to its folder, and
-    its other columns (one named `id` renamed, as that is the listing's own column)."""
+def path_column(columns, catalogue: str) -> str:
+    """The path column of a catalogue with these columns."""
+    column = next((c for c in PATH_COLUMNS if c in columns), None)
+    if column is None:
+        raise ValueError(f"{catalogue}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
+    return column
+
+
+def catalogue_sources(catalogue: str, column: str, cells, first_row: int = 1) -> list[Source]:
+    """A catalogue's path cells as sources, relative paths read from its folder; an empty cell is an
+    Unusable naming the catalogue and the row (`first_row`: the data row number of the first cell)."""
+    folder = os.path.dirname(catalogue)
+    sources: list[Source] = []
+    for row, cell in enumerate(cells, start=first_row):
+        text = cell if isinstance(cell, str) else None if pd.isna(cell) else str(cell)
+        sources.append(os.path.join(folder, text) if text and text.strip()
+                       else Unusable(catalogue, f"row {row} (data rows counted from 1) has no {column}"))
+    return sources
+
+
+def catalogue_frames(path: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[Source]]]:
+    """A catalogue in pieces of `chunk_size` rows: (its columns but the path column, the rows' sources)."""
     try:
         yield from _frames(path, chunk_size)
     except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError, pa.ArrowException,
@@ -60,24 +82,21 @@ def unused_name(name: str, taken) -> str:
     return name
 
 
-def _frames(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:
+def _frames(path: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[Source]]]:
     if path.lower().endswith(".csv"):
         kinds = _csv_kinds(path, chunk_size)
+        column = path_column(kinds, path)
+        kinds[column] = pa.string()
         frames = (_typed(frame, kinds) for frame in _csv_chunks(path, chunk_size))
-        columns = list(kinds)
     else:
         parquet = pq.ParquetFile(path)
+        column = path_column(parquet.schema_arrow.names, path)
         frames = _parquet_frames(parquet, chunk_size)
-        columns = parquet.schema_arrow.names
-    column = path_column(columns, path)
-    renamed = unused_name("input_id", columns)
     row = 0
     for table in frames:
         given = table.pop(column)
-        table = table.rename(columns={"id": renamed})
-        sources = catalogue_sources(path, column, given, first_row=row + 1)
+        yield table, catalogue_sources(path, column, given, first_row=row + 1)
         row += len(table)
-        yield table.assign(path=sources)
 
 
 def _csv_chunks(path: str, chunk_size: int) -> Iterator[pd.DataFrame]:

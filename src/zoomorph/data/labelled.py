@@ -1,26 +1,29 @@
-"""One table of galaxies: id, image source, vote fractions, class.
+"""The labelled table: label files joined with images into one table (id, source, vote fractions, class).
 
 Reads label files as they were published (float GalaxyIDs, an unnamed index
-column, CRLF, partial columns) and every image layout we support, then joins
-them. Nothing is dropped without a line in the skipped report: each entry
-names the file or row and says why.
+column, CRLF, partial columns) and every image layout of zoomorph.io, then
+joins them by zoomorph.io.ids.join_key. Nothing is dropped without a line in
+the skipped report: each entry names the file or row and says why.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from zoomorph.data.images import (PATH_COLUMNS, catalogue_sources, galaxy_id_from_name, list_images, path_column,
-                                  unusable_parts)
+from zoomorph.io.catalogues import catalogue_frames, is_catalogue
+from zoomorph.io.ids import join_keys, source_id
+from zoomorph.io.sources import Source, Unusable, input_sources
 from zoomorph.labels import Labels, Preset, assign
 from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN, validate
 
 ID_ALIASES = ("GalaxyID", "galaxy_id", "id", "objid", "dr7objid")
 SEPARATORS = ",;\t"
+CHUNK = 65536  # catalogue rows read at a time (prepare holds the table whole anyway)
 
 
 class LabelFileError(ValueError):
@@ -48,12 +51,6 @@ class Report:
         return df.groupby(["stage", "reason", "action"]).size() if len(df) else pd.Series(dtype=int)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    return pd.read_csv(path, dtype=dict.fromkeys(PATH_COLUMNS, str))  # a path like 100 stays text
-
-
 def _separator(path: Path) -> str:
     """The one of `,` `;` tab that the header line holds most of (spreadsheets save `;` in many locales)."""
     with open(path, errors="replace") as file:
@@ -62,14 +59,14 @@ def _separator(path: Path) -> str:
 
 
 def _clean_ids(raw: pd.Series, path: Path, report: Report, stage: str) -> pd.Series:
-    """IDs as strings; float-written integers (`100090.0`) become `100090`."""
-    numeric = pd.to_numeric(raw, errors="coerce")
-    integral = numeric.notna() & (numeric == np.floor(numeric))
-    ids = raw.astype(str).str.strip()
-    ids[integral] = numeric[integral].astype("int64").astype(str)
-    bad = ids.isin(["", "nan", "None"]) | (numeric.notna() & ~integral)
-    for row in np.flatnonzero(bad.to_numpy()):  # by index label: the table may have lost rows before
-        report.add(f"{path}:row {raw.index[row] + 2}", stage, f"unusable GalaxyID {str(raw.iloc[row])!r}")
+    """A GalaxyID column as join keys (`100090.0` -> "100090"); a missing one, or a number that is not an
+    integer, is reported and None."""
+    numeric = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)  # Arrow columns too
+    ids = join_keys(raw)
+    bad = (ids.isna() | ids.isin(["nan", "None"])).to_numpy() | (numeric != np.floor(numeric)) & ~np.isnan(numeric)
+    for row in np.flatnonzero(bad):  # by index label: the table may have lost rows before
+        value = "nan" if pd.isna(raw.iloc[row]) else str(raw.iloc[row])  # as a numpy column shows a gap
+        report.add(f"{path}:row {raw.index[row] + 2}", stage, f"unusable GalaxyID {value!r}")
     return ids.where(~bad)
 
 
@@ -146,45 +143,48 @@ def find_images(images: Path, report: Report) -> pd.DataFrame:
     """Image sources -> table (id, source[, label from folder or catalogue columns...]).
 
     `images` is a directory (flat Kaggle layout, or one folder per class when
-    its images sit in sub-folders), a zip archive, or a catalogue CSV/Parquet
-    with a path column.
+    its images sit in sub-folders), a zip archive, an image or FITS file, or a
+    catalogue CSV/Parquet with a path column. An image's id is its file name as
+    written (zoomorph.io.ids.source_id), or the catalogue's GalaxyID column.
     """
     images = Path(images)
-    if images.suffix.lower() in (".csv", ".parquet", ".pq"):
+    if is_catalogue(str(images)):
         return _from_catalogue(images, report)
-    table = _usable(pd.DataFrame({"source": list_images(images)}), report)
-    sources = table["source"].tolist()
-    table["id"] = [str(galaxy_id_from_name(s.split("::")[-1]) or Path(s.split("::")[-1]).stem) for s in sources]
+    found = list(input_sources(str(images)))
+    sources = [s for s, ok in zip(found, _usable(found, report)) if ok]
+    table = pd.DataFrame({"source": sources, "id": [source_id(s) for s in sources]})
     if images.is_dir():
         parents = {Path(s).parent for s in sources}
         if parents and images not in parents and all(p.parent == images for p in parents):
             table["folder_label"] = [Path(s).parent.name for s in sources]  # folder per class
-    dup = table["id"].duplicated(keep="first")
+    dup = join_keys(table["id"]).duplicated(keep="first")  # 0123.jpg and 123.jpg: one galaxy
     report.extend(table.loc[dup, "source"], "images", "duplicate GalaxyID (first file kept)")
     return table[~dup].reset_index(drop=True)
 
 
-def _usable(table: pd.DataFrame, report: Report) -> pd.DataFrame:
-    """The rows with a usable source; the others (a folder that cannot be listed, a catalogue row
-    without a path: zoomorph.data.images.unusable) are reported."""
-    parts = table["source"].map(unusable_parts)
-    for item, reason in parts.dropna():
-        report.add(item, "images", reason)
-    return table[parts.isna().to_numpy()]
+def _usable(sources: list[Source], report: Report) -> list[bool]:
+    """Whether each source can be read; each Unusable one (a folder that cannot be listed, a catalogue row
+    without a path, ...) is reported with its reason."""
+    for source in sources:
+        if isinstance(source, Unusable):
+            report.add(source.item, "images", source.reason)
+    return [not isinstance(s, Unusable) for s in sources]
 
 
 def _from_catalogue(path: Path, report: Report) -> pd.DataFrame:
-    df = _read_table(path)
-    path_col = path_column(df.columns, str(path))
-    df = _usable(df.assign(source=catalogue_sources(str(path), path_col, df[path_col])), report)
+    """A catalogue's rows (io.catalogues: its columns read exactly) whose path is there; index = data row - 1."""
+    pieces = list(catalogue_frames(str(path), CHUNK))
+    df = pd.concat([columns for columns, _ in pieces], ignore_index=True)
+    found = [s for _, sources in pieces for s in sources]
+    usable = _usable(found, report)
+    df = df.assign(source=[s if ok else None for s, ok in zip(found, usable)])[usable]
     id_col = next((c for c in ID_ALIASES if c in df.columns), None)
-    ids = (_clean_ids(df[id_col], path, report, "images") if id_col
-           else df["source"].map(lambda s: Path(s).stem))
-    table = df.drop(columns=[path_col] + ([id_col] if id_col else [])).assign(id=ids.to_numpy())
-    missing = ~table["source"].map(lambda s: Path(s).is_file())
+    ids = (_clean_ids(df[id_col], path, report, "images") if id_col else df["source"].map(source_id))
+    table = df.drop(columns=[id_col] if id_col else []).assign(id=ids.to_numpy())
+    missing = ~table["source"].map(os.path.isfile)
     report.extend(table.loc[missing, "source"], "images", "catalogue path does not exist")
     table = table[~missing & table["id"].notna()]
-    dup = table["id"].duplicated(keep="first")
+    dup = join_keys(table["id"]).duplicated(keep="first")
     report.extend(table.loc[dup, "source"], "images", "duplicate id in catalogue (first row kept)")
     return table[~dup].reset_index(drop=True)
 
@@ -213,25 +213,27 @@ def build_catalog(images: Path, labels: Path | None, preset: Preset | None) -> C
     else:
         fractions, rejected = _read_labels(Path(labels), report)
         counts["label rows"] = len(fractions) + sum(r["stage"] == "labels" for r in report.rows)
-        has_label = found["id"].isin(fractions.index)
-        why = found["id"].map(rejected)
+        keys = join_keys(found["id"])  # the labels' index holds join keys too (_clean_ids)
+        has_label = keys.isin(fractions.index)
+        why = keys.map(rejected)
         for source, reason in zip(found["source"][~has_label], why[~has_label]):
             report.add(source, "join", "image has no label row" if pd.isna(reason) else f"label row rejected: {reason}")
-        orphan = fractions.index[~fractions.index.isin(found["id"])]
+        orphan = fractions.index[~fractions.index.isin(keys)]
         report.extend(orphan, "join", "label row has no image")
         counts["images without label row"] = int((~has_label & why.isna()).sum())
         counts["images whose label row was rejected"] = int((~has_label & why.notna()).sum())
         counts["label rows without image"] = len(orphan)
-        table = found[has_label].join(fractions, on="id")
-        result: Labels = assign(fractions.loc[table["id"]], preset)
+        chosen = fractions.loc[keys[has_label]]
+        table = found[has_label].join(chosen.set_axis(found.index[has_label.to_numpy()]))
+        result: Labels = assign(chosen, preset)
         table["label"] = result.labels.to_numpy()
-        in_table = set(table["id"])
+        in_table = set(chosen.index)
         for gid, row in result.conflicts.iterrows():
             if gid in in_table:
                 report.add(gid, "preset", f"meets several rules: {row['classes']}",
                            "excluded" if preset.conflicts == "exclude" else "kept as first rule")
         classes = preset.classes
-        counts["conflicts"] = int(result.conflicts.index.isin(table["id"]).sum())
+        counts["conflicts"] = int(result.conflicts.index.isin(list(in_table)).sum())
         counts["unassigned by preset"] = int(table["label"].isna().sum()) - (
             counts["conflicts"] if preset.conflicts == "exclude" else 0)
     counts["labelled images"] = int(table["label"].notna().sum())

@@ -1,0 +1,12 @@
+"""The input layer, shared by `prepare` and `predict`: where images come from and how one is decoded.
+
+    sources.py     a source (a path, archive.zip::member, or an Unusable entry with its reason);
+                   the one folder walker, zip listing, reading a source's bytes
+    catalogues.py  CSV / Parquet catalogues, a chunk at a time: the path column, other columns exact
+    ids.py         the id of a file (its name as written) and join_key, the form ids are matched in
+    inputs.py      the inputs a user gives -> one ordered listing (id, path, error, catalogue columns)
+    decode.py      one source -> cropped, resized RGB uint8 (DCT-draft JPEG, 16-bit, FITS); decode_batch
+    fits.py        FITS cutouts -> RGB (the Lupton asinh stretch)
+
+Nothing here imports torch: decoding worker processes start from it.
+"""

@@ -1,0 +1,58 @@
+"""A model's training recipe: optimiser, schedule, loss, batch, augmentation and stopping rules.
+
+Each registered model carries its defaults (registry.ModelSpec.recipe); a run may
+override any field (`train --lr ...`), and records the recipe it used in its
+config, so a resumed run can check that it continues the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from zoomorph.errors import ZoomorphError
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("onecycle", "cosine", None)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    scheduler: str | None = "onecycle"  # per step; None keeps the learning rate constant
+    label_smoothing: float = 0.1
+    batch_size: int = 64
+    augment: str = "kaggle"  # a data.augment recipe name
+    epochs: int = 20  # at most
+    patience: int | None = None  # early stopping: epochs without a better monitored metric
+    val_loss_stop: float | None = None  # the seed project's stop: once validation loss is below this
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ZoomorphError(f"optimizer {self.optimizer!r}: choose {' or '.join(OPTIMIZERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ZoomorphError(f"scheduler {self.scheduler!r}: choose onecycle, cosine or none")
+        for name in ("lr", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ZoomorphError(f"{name}={getattr(self, name)}: it must be more than 0")
+        object.__setattr__(self, "betas", tuple(self.betas))  # JSON gives a list back
+
+    def but(self, **changes) -> "Recipe":
+        """This recipe with the changes that are not None (command-line overrides)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"betas": list(self.betas)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Recipe":
+        """From a run's config; fields it lacks (runs made before they existed) take today's defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# The stronger (BatchNorm, residual) models: AdamW with a one-cycle schedule and label smoothing.
+MODERN_RECIPE = Recipe()
