@@ -61,3 +61,31 @@ def test_labels_seed_on_real_sample_prints_original_counts():
     assert lines["elliptical (meets rule)"] == "45" and lines["lenticular (meets rule)"] == "36"
     assert lines["spiral (meets rule)"] == "41" and lines["conflicts (exclude)"] == "6"
     assert "6 galaxies meet several rules: elliptical+lenticular" in result.output
+
+
+def test_prepare_for_a_model_takes_its_size_and_field_of_view(tmp_path):
+    # the seed models need 150 px of the central 150: prepare's 64 px default would be refused by them
+    from zoomorph.data.prepared import PreparedData
+    from zoomorph.data.synthetic import make_synthetic
+
+    solutions = make_synthetic(tmp_path / "set", 40, seed=3, workers=1)
+    result = runner.invoke(app, ["prepare", str(tmp_path / "set" / "images"), "--labels", str(solutions),
+                                 "--model", "seed-model2", "--out", str(tmp_path / "p"), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    data = PreparedData.load(tmp_path / "p")
+    assert (data.image_size, data.fov) == (150, 150) and data.images.shape[1:] == (150, 150, 3)
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    refused = runner.invoke(app, ["train", str(tmp_path / "nothing")])
+    assert refused.exit_code == 2 and "error:" in refused.output and "Traceback" not in refused.output
+    assert "not a prepared data folder" in refused.output
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug, not the user's doing")
+
+    import zoomorph.api
+
+    monkeypatch.setattr(zoomorph.api, "train", broken)
+    crashed = runner.invoke(app, ["train", str(tmp_path / "nothing")])
+    assert crashed.exit_code == 1 and isinstance(crashed.exception, ValueError)  # not dressed up as exit 2

@@ -12,8 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from zoomorph.data.labelled import Report, read_labels
-from zoomorph.data.prepare import PrepareSummary, prepare
-from zoomorph.labels import Labels, assign, get_preset
+from zoomorph.data import prepare as preparing
+from zoomorph.data.prepare import PrepareSummary
+from zoomorph.labels import DEFAULT_PRESET, Labels, assign, get_preset
+from zoomorph.models import model_spec
 
 __all__ = ["PrepareSummary", "compare", "demo", "evaluate", "export", "label_solutions", "predict", "prepare",
            "report", "train"]
@@ -28,6 +30,34 @@ def label_solutions(solutions: Path, preset: str = "hubble", *, conflicts: str =
     if out is not None:
         pd.DataFrame({"GalaxyID": result.labels.index, "label": result.labels.to_numpy()}).to_csv(out, index=False)
     return result, report
+
+
+def prepare(images: Path, labels: Path | None, out: Path, *, model: str | None = None, preset: str = DEFAULT_PRESET,
+            conflicts: str = "exclude", min_share: float = 0.8, size: int | None = None, fov: int | None = None,
+            val: float = 0.2, test: float = 0.0, seed: int = 0, workers: int | None = None,
+            progress: bool = True) -> PrepareSummary:
+    """Labels + stratified split + uint8 image cache in one step (zoomorph.data.prepare.prepare).
+
+    Args:
+        images: an image folder, a Kaggle zip, or a catalogue CSV/Parquet with a path column.
+        labels: a solutions / labels CSV; None for class folders.
+        out: the prepared folder to write (refused data leaves it as it was).
+        model: prepare for this registered model: its default image size and field of view
+            (e.g. 150 px of the central 150 px for the seed models) unless size / fov are given.
+        size, fov: the cached side in pixels, and the central crop in Kaggle (424 px) pixels;
+            default 64 and 256.
+        preset, conflicts, min_share: how vote fractions become classes (docs/labels.md).
+        val, test, seed: the split; workers: decoding processes (None: one per core, 0: none).
+
+    Returns:
+        the prepared data, the accounting of every input, whether the cache was reused, warnings.
+    """
+    if model is not None:
+        spec = model_spec(model)
+        size, fov = size or spec.default_image_size, fov or spec.default_fov
+    return preparing.prepare(images, labels, out, preset=preset, conflicts=conflicts, min_share=min_share,
+                             size=size or preparing.DEFAULT_SIZE, fov=fov or preparing.DEFAULT_FOV, val=val,
+                             test=test, seed=seed, workers=workers, progress=progress)
 
 
 def train(data: Path, model: str | None = None, **kwargs):

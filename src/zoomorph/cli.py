@@ -5,12 +5,15 @@ Everything here calls the Python API (zoomorph.api) that notebooks use too.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from zoomorph.errors import DiskFull, ZoomorphError
 
 app = typer.Typer(help="Galaxy morphology from images, trained on Galaxy Zoo votes.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
@@ -35,7 +38,22 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
+def user_errors(command: Callable) -> Callable:
+    """A command's errors that the user caused (ZoomorphError, a file that is not there, a full disk)
+    as one clear line and exit 2; any other exception is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ZoomorphError, FileNotFoundError, DiskFull) as err:
+            _fail(err)
+
+    return run
+
+
 @app.command()
+@user_errors
 def synth(out: Path = typer.Argument(..., help="folder to write images/ and solutions.csv into"),
           n: int = typer.Option(1000, "--n", help="number of galaxies"),
           seed: int = typer.Option(0, help="random seed (same seed, same set)")) -> None:
@@ -47,6 +65,7 @@ def synth(out: Path = typer.Argument(..., help="folder to write images/ and solu
 
 
 @app.command()
+@user_errors
 def labels(solutions: Path = typer.Argument(..., help="solutions CSV (full or partial Kaggle columns)"),
            preset: str = PresetOpt, conflicts: str = ConflictsOpt,
            min_share: float = typer.Option(0.8, help="smooth-featured: minimum winning share"),
@@ -54,10 +73,7 @@ def labels(solutions: Path = typer.Argument(..., help="solutions CSV (full or pa
     """Turn vote fractions into classes with a preset; print the counts."""
     from zoomorph.api import label_solutions
 
-    try:
-        result, report = label_solutions(solutions, preset, conflicts=conflicts, min_share=min_share, out=out)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    result, report = label_solutions(solutions, preset, conflicts=conflicts, min_share=min_share, out=out)
     rows = {f"{c} (meets rule)": result.matches[c] for c in result.classes}
     rows.update({f"{c} (labelled)": result.counts[c] for c in result.classes})
     rows[f"conflicts ({result.preset.conflicts})"] = len(result.conflicts)
@@ -76,31 +92,34 @@ def labels(solutions: Path = typer.Argument(..., help="solutions CSV (full or pa
 
 
 @app.command()
+@user_errors
 def prepare(images: Path = typer.Argument(..., help="image folder, Kaggle zip, or catalogue CSV/Parquet"),
             labels_file: Optional[Path] = typer.Option(None, "--labels", "-l", help="solutions / labels CSV"),
             out: Path = typer.Option(..., "--out", "-o", help="prepared data folder to write"),
             preset: str = PresetOpt, conflicts: str = ConflictsOpt,
             min_share: float = typer.Option(0.8, help="smooth-featured: minimum winning share"),
-            size: int = typer.Option(64, help="cached image side, pixels"),
+            model: Optional[str] = typer.Option(None, "--model", "-m", help="prepare for this registered model: "
+                                                "its default size and field of view"),
+            size: Optional[int] = typer.Option(None, help="cached image side, pixels (default 64, or the model's)"),
             fov: Optional[int] = typer.Option(None, help="central crop side in Kaggle (424 px) pixels "
-                                                         "(default 256: 4 x 64 px decodes fastest)"),
+                                                         "(default 256: 4 x 64 px decodes fastest; or "
+                                                         "the model's)"),
             val: float = typer.Option(0.2, help="validation fraction"),
             test: float = typer.Option(0.0, help="test fraction"),
             seed: int = typer.Option(0, help="split seed"),
-            workers: Optional[int] = typer.Option(None, help="decode processes (default: all cores)")) -> None:
+            workers: Optional[int] = typer.Option(None, help="decode processes (default: one per core; "
+                                                             "0: decode in this process)")) -> None:
     """Labels + stratified split + uint8 image cache, in one step."""
     from zoomorph.api import prepare as run_prepare
-    from zoomorph.data.prepare import DEFAULT_FOV, PrepareRefused
+    from zoomorph.data.prepare import PrepareRefused
 
     try:
         summary = run_prepare(images, labels_file, out, preset=preset, conflicts=conflicts, min_share=min_share,
-                              size=size, fov=fov or DEFAULT_FOV, val=val, test=test, seed=seed, workers=workers)
-    except PrepareRefused as err:
+                              model=model, size=size, fov=fov, val=val, test=test, seed=seed, workers=workers)
+    except PrepareRefused as err:  # the accounting still matters: it says why
         console.print(_table(f"not prepared: {out} (left as it was)", err.counts))
         console.print(f"skipped-items report: {err.report}")
-        _fail(err)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+        raise
     console.print(_table(f"prepared {out}" + (" (cache reused)" if summary.reused_cache else ""), summary.counts))
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
@@ -108,6 +127,7 @@ def prepare(images: Path = typer.Argument(..., help="image folder, Kaggle zip, o
 
 
 @app.command()
+@user_errors
 def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoomorph prepare`)"),
           model: Optional[str] = typer.Option(None, "--model", "-m",
                                               help="registered model (see `zoomorph models`; default: the project's)"),
@@ -133,14 +153,11 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
     """Train a model on a prepared folder; re-running the same command resumes it."""
     from zoomorph.api import train as run_train
 
-    try:
-        result = run_train(data, model=model, head=head, run_dir=run_dir, epochs=epochs, batch_size=batch_size,
-                           lr=lr, augment=augment, balance=balance, val_loss_stop=val_loss_stop,
-                           patience=patience, seed=seed, deterministic=deterministic, resume=not fresh,
-                           accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
-                           num_nodes=num_nodes, strategy=strategy, precision=precision, max_minutes=max_minutes)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    result = run_train(data, model=model, head=head, run_dir=run_dir, epochs=epochs, batch_size=batch_size,
+                       lr=lr, augment=augment, balance=balance, val_loss_stop=val_loss_stop,
+                       patience=patience, seed=seed, deterministic=deterministic, resume=not fresh,
+                       accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
+                       num_nodes=num_nodes, strategy=strategy, precision=precision, max_minutes=max_minutes)
     _print_train_summary(result.summary, result.run_dir)
 
 
@@ -161,6 +178,7 @@ def _print_train_summary(summary: dict, run_dir: Path) -> None:
 
 
 @app.command()
+@user_errors
 def models() -> None:
     """List the registered models with their default input size and recipe."""
     from zoomorph.models import list_models, model_spec
@@ -175,6 +193,7 @@ def models() -> None:
 
 
 @app.command()
+@user_errors
 def demo(out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for the demo's data and run"),
          n: int = typer.Option(1500, "--n", help="synthetic galaxies to generate"),
          epochs: int = typer.Option(15, help="training epochs (kept short: the demo runs in ~2 minutes)")) -> None:
@@ -189,6 +208,7 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for 
 
 
 @app.command()
+@user_errors
 def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
              data: Optional[Path] = typer.Option(None, help="prepared folder (default: the one it trained on)"),
              split: str = typer.Option("val", help="val | test | all"),
@@ -198,28 +218,24 @@ def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph tr
     from zoomorph.evaluation.evaluate import format_metrics_table
     from zoomorph.runs import Run
 
-    try:
-        metrics = run_evaluate(run, data, split=split, tta=tta)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    metrics = run_evaluate(run, data, split=split, tta=tta)
     console.print(format_metrics_table(metrics))
     console.print(f"metrics written to {Run.open(run).metrics_file}")
 
 
 @app.command()
+@user_errors
 def report(run: Path = typer.Argument(..., help="run folder"),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN/report.html)")) -> None:
     """Write one self-contained HTML report: config, data, curves, metrics, confusion, calibration, saliency."""
     from zoomorph.api import report as run_report
 
-    try:
-        path = run_report(run, out)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    path = run_report(run, out)
     console.print(f"report written to {path}")
 
 
 @app.command()
+@user_errors
 def compare(runs: list[Path] = typer.Argument(..., help="run folders evaluated on the same split"),
             out: Path = typer.Option(Path("compare.html"), "--out", "-o", help="HTML page to write")) -> None:
     """Compare runs: one table (and overlaid training curves in the HTML page)."""
@@ -227,10 +243,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="run folders evaluated o
 
     from zoomorph.api import compare as run_compare
 
-    try:
-        table, path = run_compare(runs, out)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    table, path = run_compare(runs, out)
     # one column per run, one row per field: readable at any terminal width
     rich_table = Table(title=f"model comparison ({table['split'].iloc[0]} split {table['split_hash'].iloc[0]})",
                        title_justify="left")
@@ -248,6 +261,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="run folders evaluated o
 
 
 @app.command()
+@user_errors
 def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
             inputs: list[str] = typer.Argument(..., help="images, folders, zips, catalogue CSV/Parquet, FITS"),
             out: Path = typer.Option(..., "--out", "-o", help="output .parquet or .csv"),
@@ -271,14 +285,11 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
             ) -> None:
     """Classify any number of images, streaming, in chunks; re-run the same command to resume."""
     from zoomorph.api import predict as run_predict
-    from zoomorph.predict.writers import DiskFull, errors_path
+    from zoomorph.predict.writers import errors_path
 
-    try:
-        summary = run_predict(run, inputs, out, format=format, backend=backend, engine=engine, tta=tta,
-                              mc_samples=mc_samples, preset=preset, batch_size=batch_size, workers=workers,
-                              chunk_size=chunk_size, ray_address=ray_address, overwrite=overwrite)
-    except (ValueError, FileNotFoundError, ImportError, DiskFull) as err:
-        _fail(err)
+    summary = run_predict(run, inputs, out, format=format, backend=backend, engine=engine, tta=tta,
+                          mc_samples=mc_samples, preset=preset, batch_size=batch_size, workers=workers,
+                          chunk_size=chunk_size, ray_address=ray_address, overwrite=overwrite)
     if summary.already_complete:
         console.print(f"{summary.out} is already complete: {summary.total:,} inputs, {summary.ok:,} classified, "
                       f"{summary.errors:,} unreadable; nothing redone (--overwrite predicts it again)")
@@ -291,6 +302,7 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
 
 
 @app.command()
+@user_errors
 def export(run: Path = typer.Argument(..., help="run folder"),
            format: str = typer.Option("onnx", help="onnx (the only format so far)"),
            out: Optional[Path] = typer.Option(None, "--out", "-o",
@@ -307,11 +319,8 @@ def export(run: Path = typer.Argument(..., help="run folder"),
     from zoomorph.predict.quantize import describe
 
     if format != "onnx":
-        _fail(ValueError(f"format {format!r}: only onnx is supported"))
-    try:
-        path = run_export(run, out, int8=int8, calibration=calibration)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+        raise ZoomorphError(f"format {format!r}: only onnx is supported")
+    path = run_export(run, out, int8=int8, calibration=calibration)
     console.print(f"exported {path}")
     if int8:
         console.print(describe(json.loads(sidecar(path).read_text())["quantization"]))

@@ -14,3 +14,12 @@ class ZoomorphError(ValueError):
 
 class InputNotFound(ZoomorphError, FileNotFoundError):
     """A file or folder the user named does not exist (or is not what the command needs)."""
+
+
+class MissingExtra(ZoomorphError, ImportError):
+    """An optional dependency the command needs is not installed; the message names the pip extra."""
+
+
+class DiskFull(OSError):
+    """No space left while writing (ENOSPC, EDQUOT); the message says how far it got and how to go on.
+    An OSError, not a ZoomorphError: the disk, not an argument, was at fault (and OSError keeps errno)."""

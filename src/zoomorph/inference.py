@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from zoomorph.data.augment import dihedral
+from zoomorph.errors import ZoomorphError
 from zoomorph.runs import Run
 
 # The exported graph's input and output names (zoomorph.predict.onnx writes them, Predictor reads them).
@@ -76,7 +77,7 @@ class Predictor:
         if mc_samples:
             dropout = [m for m in pixel_model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
             if not dropout:
-                raise ValueError(f"model {name or type(model).__name__!r} has no dropout layers: MC dropout needs some")
+                raise ZoomorphError(f"model {name or type(model).__name__!r} has no dropout layers: MC dropout needs some")
             for m in dropout:  # dropout samples, BatchNorm keeps its running statistics
                 m.train()
         return cls(_torch_forward(pixel_model, device, autocast), tta=tta, mc_samples=mc_samples, device=device)
@@ -137,7 +138,7 @@ def onnx_forward(run: Run, threads: int, int8: bool = False) -> Forward:
     """
     path = run.graph_file(int8)
     if not run.graph_is_current(int8):
-        raise ValueError(f"{path} is missing, damaged or was made from other weights: export it again "
+        raise ZoomorphError(f"{path} is missing, damaged or was made from other weights: export it again "
                          f"(`zoomorph export {run.dir}{' --int8' if int8 else ''}`)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

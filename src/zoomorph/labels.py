@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import operator
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
+
+from zoomorph.errors import ZoomorphError
 from zoomorph.schema import ANSWER_COLUMNS, to_conditional
 
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -43,7 +48,7 @@ class Condition:
     def parse(cls, text: str) -> "Condition":
         m = CONDITION.match(text)
         if not m or m.group(2) not in ANSWER_COLUMNS:
-            raise ValueError(
+            raise ZoomorphError(
                 f"cannot read condition {text!r}: expected e.g. 'Class1.1 > 0.8' or 'share(Class4.1) >= 0.619'")
         return cls(m.group(2), m.group(3), float(m.group(4)), bool(m.group(1)))
 
@@ -137,7 +142,7 @@ def smooth_featured_preset(min_share: float = 0.8, conflicts: str = "exclude") -
     On conditional shares, so a one-hot Class1 file and a full solutions file agree.
     """
     if min_share <= 0.5:
-        raise ValueError("smooth-featured needs a minimum share above 0.5 (it is the top-question argmax)")
+        raise ZoomorphError("smooth-featured needs a minimum share above 0.5 (it is the top-question argmax)")
     return Preset("smooth-featured", _rules({
         "smooth": [f"share(Class1.1) >= {min_share}"],
         "featured": [f"share(Class1.2) >= {min_share}"],
@@ -155,20 +160,20 @@ def read_rules(path: Path) -> Preset:
     try:
         doc = tomllib.loads(Path(path).read_text())
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from err
+        raise ZoomorphError(f"{path}: not valid TOML ({err})") from err
     classes = doc.get("classes")
     if not isinstance(classes, dict) or not classes:
-        raise ValueError(f"{path}: needs a [classes] table of class = [conditions]")
+        raise ZoomorphError(f"{path}: needs a [classes] table of class = [conditions]")
     try:
         rules = _rules({str(k): list(v) for k, v in classes.items()})
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise ZoomorphError(f"{path}: {err}") from err
     return Preset(Path(path).stem, rules, _policy(doc.get("conflicts", "exclude")))
 
 
 def _policy(conflicts: str) -> str:
     if conflicts not in CONFLICT_POLICIES:
-        raise ValueError(f"conflict policy {conflicts!r}: choose one of {', '.join(CONFLICT_POLICIES)}")
+        raise ZoomorphError(f"conflict policy {conflicts!r}: choose one of {', '.join(CONFLICT_POLICIES)}")
     return conflicts
 
 
@@ -186,7 +191,7 @@ def get_preset(name: str, conflicts: str = "exclude", min_share: float = 0.8) ->
         return smooth_featured_preset(min_share, conflicts)
     if name.endswith(".toml"):
         return read_rules(Path(name))
-    raise ValueError(f"unknown preset {name!r}: choose {', '.join(PRESETS)} or a rules .toml file")
+    raise ZoomorphError(f"unknown preset {name!r}: choose {', '.join(PRESETS)} or a rules .toml file")
 
 
 def assign(fractions: pd.DataFrame, preset: Preset | str) -> Labels:
@@ -194,7 +199,7 @@ def assign(fractions: pd.DataFrame, preset: Preset | str) -> Labels:
     preset = get_preset(preset) if isinstance(preset, str) else preset
     missing = sorted(preset.columns - set(fractions.columns))
     if missing:
-        raise ValueError(f"preset {preset.name!r} needs columns the labels lack: {', '.join(missing)}")
+        raise ZoomorphError(f"preset {preset.name!r} needs columns the labels lack: {', '.join(missing)}")
     shares = to_conditional(fractions)
 
     met = pd.DataFrame(index=fractions.index)

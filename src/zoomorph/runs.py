@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from zoomorph.errors import InputNotFound, ZoomorphError
 from zoomorph.files import replace_atomically
 from zoomorph.models import create_model
 
@@ -69,15 +70,15 @@ class RunConfig:
     def load(cls, run_dir: Path) -> "RunConfig":
         path = Path(run_dir) / _CONFIG
         if not path.exists():
-            raise FileNotFoundError(f"{run_dir}: not a run folder (no {_CONFIG})")
+            raise InputNotFound(f"{run_dir}: not a run folder (no {_CONFIG})")
         return cls(**json.loads(path.read_text()))
 
 
-class RunFileError(ValueError):
+class RunFileError(ZoomorphError):
     """A run's model.pt is damaged or does not fit its config.json: the message says which and what to do."""
 
 
-class CannotResume(ValueError):
+class CannotResume(ZoomorphError):
     """Training's --out holds a run this call cannot resume (other settings, a damaged checkpoint); nothing
     in it was changed."""
 
@@ -208,7 +209,7 @@ class Run:
         does not fit config.json (other classes, another model, another image size)."""
         cfg, path, config = self.config, self.weights_file, self.config_file
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file (the run has no trained weights: train it first)")
+            raise InputNotFound(f"{path}: no such file (the run has no trained weights: train it first)")
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:  # noqa: BLE001 (random bytes, a truncated zip, a pickle: all mean the file is damaged)

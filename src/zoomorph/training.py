@@ -25,7 +25,6 @@ import torchmetrics
 import zoomorph
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 
 from zoomorph.data.augment import build_augment
 from zoomorph.data.datamodule import GalaxyDataModule
@@ -230,13 +229,13 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
                               "deterministic": deterministic, "versions": _versions(),
                               "n_train": len(dm.train_rows), "n_val": len(dm.val_rows)})
     run = Run(run_dir, config)
-    last = _claim(run, resume)
     module = GalaxyModule(model, head, len(classes), data.image_size, recipe.to_dict(),
                           weights.tolist() if weights is not None else None, seed)
     trainer, best = build_trainer(run, recipe, head, len(dm.train_rows), callbacks=callbacks,
                                   progress=progress, accelerator=accelerator, devices=devices,
                                   num_nodes=num_nodes, strategy=strategy, precision=precision,
                                   deterministic=deterministic, max_minutes=max_minutes)
+    last = _claim(run, resume, trainer)
     with _quiet_lightning():
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
     if not trainer.is_global_zero:
@@ -246,10 +245,11 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
     return TrainResult(run_dir, summary)
 
 
-def _claim(run: Run, resume: bool) -> Path | None:
+def _claim(run: Run, resume: bool, trainer: L.Trainer) -> Path | None:
     """The first process checks and claims the run folder (Run.claim). The others of a DDP run,
-    which Lightning starts once the first is training, only find the checkpoint it resumes from."""
-    if rank_zero_only.rank == 0:
+    on this node or another, only find the checkpoint it resumes from. The Trainer knows the global
+    rank once built (node rank included), so nothing is written before it is."""
+    if trainer.is_global_zero:
         return run.claim(resume)
     last = run.last_checkpoint
     return last if resume and last.exists() else None

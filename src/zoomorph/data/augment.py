@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoomorph.errors import ZoomorphError
+
 SEED_TRANSFORMS = (0, 1, 3, 4, 6)  # the seed project's: identity, rotate 90, rotate 270, left-right, up-down flip
 KAGGLE_ZOOM_RANGE = (1 / 1.3, 1.3)  # Dieleman et al. 2015
 SCALE_ZOOM_RANGE = (0.5, 1.5)  # wide enough for other surveys' angular scales
@@ -112,7 +114,7 @@ def zoom(x: Tensor, factor: float) -> Tensor:
     """Deterministic zoom about the centre: factor 0.5 makes the galaxy half as large
     (the frame filled with sky), 1.5 makes it 1.5 times larger (the edges cropped)."""
     if factor <= 0:
-        raise ValueError(f"zoom factor must be positive, got {factor}")
+        raise ZoomorphError(f"zoom factor must be positive, got {factor}")
     theta = torch.tensor([[1 / factor, 0.0, 0.0], [0.0, 1 / factor, 0.0]], device=x.device)
     return _warp(x, theta.expand(x.shape[0], 2, 3))
 
@@ -163,9 +165,9 @@ class Augment(nn.Module):
     def __init__(self, name: str, generator: torch.Generator | None = None, **options):
         super().__init__()
         if name not in AUGMENTS:
-            raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTS)}")
+            raise ZoomorphError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTS)}")
         if AUGMENTS[name] is None and options:
-            raise ValueError(f"augmentation {name!r} takes no options, got {sorted(options)}")
+            raise ZoomorphError(f"augmentation {name!r} takes no options, got {sorted(options)}")
         self.name, self.generator, self.options = name, generator, options
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoomorph.data.prepared import PreparedData, check_classes
+from zoomorph.errors import ZoomorphError
 from zoomorph.schema import ANSWER_COLUMNS
 
 
@@ -49,8 +50,11 @@ class EpochBatches(Sampler):
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 weights: np.ndarray | None = None):
+                 weights: np.ndarray | None = None, evaluation: bool = False):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        # evaluation: under DDP each process takes every world-th example (not batch), none dropped, so
+        # each galaxy is scored exactly once however few there are; processes may differ by one batch.
+        self.evaluation = evaluation
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch = 0
 
@@ -58,10 +62,10 @@ class EpochBatches(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        batches = -(-self.n // self.batch_size)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            batches //= torch.distributed.get_world_size()
-        return batches
+        world, rank = _world()
+        if self.evaluation:
+            return -(-len(range(rank, self.n, world)) // self.batch_size)
+        return -(-self.n // self.batch_size) // world
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -71,12 +75,21 @@ class EpochBatches(Sampler):
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        batches = [order[i:i + self.batch_size].numpy() for i in range(0, self.n, self.batch_size)]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # DDP: each process takes every world-th batch; all take the same count, or they hang.
-            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        world, rank = _world()
+        if self.evaluation:
+            order = order[rank::world]
+        batches = [order[i:i + self.batch_size].numpy() for i in range(0, len(order), self.batch_size)]
+        if world > 1 and not self.evaluation:
+            # DDP training: each process takes every world-th batch; all take the same count, or they hang.
             batches = batches[rank:len(batches) - len(batches) % world:world]
         yield from batches
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the DDP process group; (1, 0) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -91,21 +104,21 @@ class GalaxyDataModule(L.LightningDataModule):
         super().__init__()
         self.data = data if isinstance(data, PreparedData) else PreparedData.load(Path(data))
         if head == "votes" and not self.data.has_votes:
-            raise ValueError(f"{self.data.root}: the votes head needs all 37 fractions; these labels lack them")
+            raise ZoomorphError(f"{self.data.root}: the votes head needs all 37 fractions; these labels lack them")
         if balance not in ("sampler", "weights", "none"):
-            raise ValueError(f"balance {balance!r}: choose sampler, weights or none")
+            raise ZoomorphError(f"balance {balance!r}: choose sampler, weights or none")
         self.head, self.batch_size, self.balance, self.seed = head, batch_size, balance, seed
         self.eval_batch_size = eval_batch_size
         labelled = head == "classes"  # the votes head learns from every galaxy with fractions
         self.train_rows = self.data.indices("train", labelled=labelled)
         self.val_rows = self.data.indices("val", labelled=labelled)
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
-            raise ValueError(f"{self.data.root}: needs labelled galaxies in both train and val splits")
+            raise ZoomorphError(f"{self.data.root}: needs labelled galaxies in both train and val splits")
         if labelled:  # folders prepared before prepare refused such labels
             try:
                 check_classes(self.data.table, self.data.classes)
             except ValueError as err:
-                raise ValueError(f"{self.data.root}: {err}") from None
+                raise ZoomorphError(f"{self.data.root}: {err}") from None
 
     def class_counts(self, rows: np.ndarray) -> dict[str, int]:
         labels = self.data.table["label_index"].to_numpy()[rows]
@@ -130,4 +143,5 @@ class GalaxyDataModule(L.LightningDataModule):
         return self._loader(self.train_rows, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_rows, EpochBatches(len(self.val_rows), self.eval_batch_size, shuffle=False))
+        return self._loader(self.val_rows, EpochBatches(len(self.val_rows), self.eval_batch_size, shuffle=False,
+                                                        evaluation=True))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.io.catalogues import catalogue_frames, is_catalogue
 from zoomorph.io.ids import join_keys, source_id
 from zoomorph.io.sources import Source, Unusable, input_sources
@@ -26,7 +27,7 @@ SEPARATORS = ",;\t"
 CHUNK = 65536  # catalogue rows read at a time (prepare holds the table whole anyway)
 
 
-class LabelFileError(ValueError):
+class LabelFileError(ZoomorphError):
     """A label file that cannot be used at all (wrong header, unreadable)."""
 
 

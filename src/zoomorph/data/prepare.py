@@ -25,6 +25,7 @@ from zoomorph.data.labelled import Catalog, build_catalog
 from zoomorph.data.prepared import (CATALOG_FILE, IMAGES_FILE, SETTINGS_FILE, SKIPPED_FILE, SPLIT_FILE,
                                     PreparedData, check_classes)
 from zoomorph.data.split import reuse_or_make, write_manifest
+from zoomorph.errors import ZoomorphError
 from zoomorph.labels import DEFAULT_PRESET, get_preset
 from zoomorph.schema import ANSWER_COLUMNS
 
@@ -44,7 +45,7 @@ class PrepareSummary:
     warnings: list[str] = field(default_factory=list)  # e.g. classes that only the votes head can learn from
 
 
-class PrepareRefused(ValueError):
+class PrepareRefused(ZoomorphError):
     """Data no model can train on. `counts`: the accounting so far; `report`: where the skipped items went."""
 
     def __init__(self, message: str, counts: dict, report: Path):
@@ -77,7 +78,7 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
     out.mkdir(parents=True, exist_ok=True)
     try:
         if table.empty:
-            raise ValueError(_nothing_usable(images, labels, counts))
+            raise ZoomorphError(_nothing_usable(images, labels, counts))
         split, fresh = reuse_or_make(out / SPLIT_FILE, table["id"], table["label"], val=val, test=test, seed=seed)
         table["split"] = split.to_numpy()
         _trainable(table, catalog.classes)  # before the decoding: refuse in seconds, not hours

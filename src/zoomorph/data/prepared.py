@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoomorph.errors import InputNotFound, ZoomorphError
 from zoomorph.labels import Preset
 from zoomorph.schema import ANSWER_COLUMNS
 
@@ -40,7 +41,7 @@ def check_classes(table: pd.DataFrame, classes: list[str]) -> None:
                                                                         fill_value=0)
     if ((counts["train"] > 0) & (counts["val"] > 0)).sum() < 2:
         per_class = "; ".join(f"{c}: {row['train']} train, {row['val']} val" for c, row in counts.iterrows())
-        raise ValueError(f"a classifier needs two classes with galaxies in both the train and val splits; "
+        raise ZoomorphError(f"a classifier needs two classes with galaxies in both the train and val splits; "
                          f"these labels give {per_class or 'no classes'}")
 
 
@@ -98,10 +99,10 @@ class PreparedData:
     def load(cls, root: Path) -> "PreparedData":
         root = Path(root)
         if not (root / SETTINGS_FILE).exists():
-            raise FileNotFoundError(f"{root}: not a prepared data folder (run `zoomorph prepare` first)")
+            raise InputNotFound(f"{root}: not a prepared data folder (run `zoomorph prepare` first)")
         settings = json.loads((root / SETTINGS_FILE).read_text())
         table = pd.read_parquet(root / CATALOG_FILE)
         images = np.load(root / IMAGES_FILE, mmap_mode="r")
         if len(images) != len(table):
-            raise ValueError(f"{root}: image cache has {len(images)} rows, catalogue {len(table)}; re-run prepare")
+            raise ZoomorphError(f"{root}: image cache has {len(images)} rows, catalogue {len(table)}; re-run prepare")
         return cls(root, images, table, settings)

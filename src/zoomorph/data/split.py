@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoomorph.errors import ZoomorphError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -26,7 +28,7 @@ def make_split(ids: pd.Series, strata: pd.Series, val: float = 0.2, test: float 
     depends only on (ids, strata, fractions, seed), not on input order.
     """
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
-        raise ValueError(f"split fractions val={val}, test={test}: each in [0, 1), together below 1")
+        raise ZoomorphError(f"split fractions val={val}, test={test}: each in [0, 1), together below 1")
     frame = pd.DataFrame({"id": ids.astype(str).to_numpy(), "stratum": strata.fillna("<none>").astype(str).to_numpy()})
     frame = frame.sort_values("id", kind="stable")
     rng = np.random.default_rng(seed)
@@ -58,7 +60,7 @@ def read_manifest(path: Path) -> pd.Series:
     df = pd.read_csv(path, dtype={"id": str, "split": str})
     bad = ~df["split"].isin(SPLITS)
     if bad.any():
-        raise ValueError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2}: split must be one of {SPLITS}")
+        raise ZoomorphError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2}: split must be one of {SPLITS}")
     return pd.Series(df["split"].to_numpy(), index=df["id"].to_numpy(), dtype=object)
 
 

@@ -28,6 +28,7 @@ import pandas as pd
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN, QUESTIONS, to_cumulative
 
 TYPES = ("elliptical", "lenticular", "spiral", "edge-on")
@@ -288,7 +289,7 @@ def make_synthetic(out_dir: Path, n: int, seed: int = 0, size: int = 424, worker
     `out_dir/images` are refused, as they would have no label row.
     """
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise ZoomorphError(f"n must be at least 1, got {n}")
     out_dir = Path(out_dir)
     images = out_dir / "images"
     truth = draw_truth(n, seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation import plots
 from zoomorph.evaluation.evaluate import evaluate_run
 from zoomorph.evaluation.report import html_image, html_note, html_page, html_table
@@ -26,7 +27,7 @@ def compare_runs(runs: list[Run | Path]) -> pd.DataFrame:
     """One row per run (columns: COLUMNS). Evaluates a run that has no metrics.json yet (val split)."""
     runs = [Run.of(r) for r in runs]
     if not runs:
-        raise ValueError("compare needs at least one run folder")
+        raise ZoomorphError("compare needs at least one run folder")
     metrics = [r.metrics() or evaluate_run(r) for r in runs]
     _check_same_split(runs, metrics)
     return pd.DataFrame([_row(r, m) for r, m in zip(runs, metrics)], columns=COLUMNS)
@@ -36,7 +37,7 @@ def _check_same_split(runs: list[Run], metrics: list[dict]) -> None:
     splits = {(m["split"], m["split_hash"]) for m in metrics}
     if len(splits) > 1:
         lines = "\n".join(f"  {r.dir}: split {m['split']!r}, hash {m['split_hash']}" for r, m in zip(runs, metrics))
-        raise ValueError("these runs were evaluated on different galaxies and cannot be compared:\n" + lines
+        raise ZoomorphError("these runs were evaluated on different galaxies and cannot be compared:\n" + lines
                          + "\nevaluate them all on the same prepared data and split first")
 
 

@@ -20,6 +20,7 @@ import torch
 from rich.table import Table
 
 from zoomorph.data.prepared import PreparedData
+from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation.metrics import (
     BOOTSTRAP_METRICS,
     bootstrap_ci,
@@ -50,7 +51,7 @@ def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "va
     data = _data_for(cfg, data_dir, run.dir)
     rows = data.indices(split, labelled=cfg.head == "classes")  # the votes head scores every galaxy
     if len(rows) == 0:
-        raise ValueError(f"{data.root}: no galaxies to evaluate in split {split!r}")
+        raise ZoomorphError(f"{data.root}: no galaxies to evaluate in split {split!r}")
     table = data.table.iloc[rows].reset_index(drop=True).assign(row=rows)
     images = data.images[rows]
 
@@ -80,15 +81,15 @@ def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "va
 
 def _data_for(cfg: RunConfig, data_dir: Path | None, run_dir: Path) -> PreparedData:
     if data_dir is None and cfg.data is None:
-        raise ValueError(f"{run_dir}: the run does not name its prepared data; pass data_dir")
+        raise ZoomorphError(f"{run_dir}: the run does not name its prepared data; pass data_dir")
     data = PreparedData.load(Path(data_dir or cfg.data))
     if data.image_size != cfg.image_size:
-        raise ValueError(f"{data.root} holds {data.image_size} px images; "
+        raise ZoomorphError(f"{data.root} holds {data.image_size} px images; "
                          f"{run_dir} was trained on {cfg.image_size} px (prepare the data at that size)")
     if cfg.head == "classes" and data.classes != list(cfg.classes):
-        raise ValueError(f"{data.root} has classes {data.classes}; {run_dir} predicts {list(cfg.classes)}")
+        raise ZoomorphError(f"{data.root} has classes {data.classes}; {run_dir} predicts {list(cfg.classes)}")
     if cfg.head == "votes" and not data.has_votes:
-        raise ValueError(f"{data.root}: a votes run needs the 37 vote fractions, these labels lack them")
+        raise ZoomorphError(f"{data.root}: a votes run needs the 37 vote fractions, these labels lack them")
     return data
 
 

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from zoomorph.data.prepared import PreparedData
+from zoomorph.errors import ZoomorphError
 
 EXAMPLE_KINDS = {
     "confident_right": "Most confident correct predictions",
@@ -150,7 +151,7 @@ def prediction_examples(data: PreparedData, predictions: pd.DataFrame, kind: str
     `predictions` as evaluate writes them: row (in the prepared data), id, label, pred, confidence.
     """
     if kind not in EXAMPLE_KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose {', '.join(EXAMPLE_KINDS)}")
+        raise ZoomorphError(f"unknown kind {kind!r}; choose {', '.join(EXAMPLE_KINDS)}")
     right = predictions["label"] == predictions["pred"]
     pool = {"confident_right": predictions[right], "confident_wrong": predictions[~right],
             "uncertain": predictions}[kind]

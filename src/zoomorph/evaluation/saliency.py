@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoomorph.errors import ZoomorphError
+
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """The Conv2d modules of the backbone, in definition order (the forward order for a feature stack)."""
@@ -72,12 +74,12 @@ def _layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
         return layer
     convs = conv_layers(model)
     if not convs:
-        raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM")
+        raise ZoomorphError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM")
     if layer is None:
         return convs[-1][1]
     named = dict(getattr(model, "backbone", model).named_modules())
     if layer not in named:
-        raise ValueError(f"no layer {layer!r} in the backbone; conv layers: {', '.join(n for n, _ in convs)}")
+        raise ZoomorphError(f"no layer {layer!r} in the backbone; conv layers: {', '.join(n for n, _ in convs)}")
     return named[layer]
 
 

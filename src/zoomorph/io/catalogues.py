@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.io.sources import Source, Unusable
 
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -49,7 +50,7 @@ def path_column(columns, catalogue: str) -> str:
     """The path column of a catalogue with these columns."""
     column = next((c for c in PATH_COLUMNS if c in columns), None)
     if column is None:
-        raise ValueError(f"{catalogue}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
+        raise ZoomorphError(f"{catalogue}: a catalogue needs a path column (one of {', '.join(PATH_COLUMNS)})")
     return column
 
 
@@ -72,7 +73,7 @@ def catalogue_frames(path: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame,
     except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError, pa.ArrowException,
             UnicodeDecodeError) as err:
         # a malformed row stops the run with the file named: dropping it would lose an input unseen
-        raise ValueError(f"{path}: cannot read this catalogue ({type(err).__name__}: {str(err).strip()})") from err
+        raise ZoomorphError(f"{path}: cannot read this catalogue ({type(err).__name__}: {str(err).strip()})") from err
 
 
 def unused_name(name: str, taken) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.io.fits import fits_rgb
 from zoomorph.io.sources import ImageError, Source, is_fits, read_bytes
 
@@ -32,7 +33,7 @@ class Decoded:
 def default_workers(workers: int | None) -> int:
     """Decoding processes: None -> one per core; 0 -> none (everything in this process); n -> n."""
     if workers is not None and workers < 0:
-        raise ValueError(f"workers={workers}: give 0 (decode in this process) or more, or None (one per core)")
+        raise ZoomorphError(f"workers={workers}: give 0 (decode in this process) or more, or None (one per core)")
     return (os.cpu_count() or 1) if workers is None else workers
 
 

@@ -23,6 +23,7 @@ from typing import Iterator
 
 import pandas as pd
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.io.catalogues import catalogue_frames, is_catalogue, unused_name
 from zoomorph.io.ids import first_non_numeric, source_id
 from zoomorph.io.sources import Source, Unusable, input_sources
@@ -85,7 +86,7 @@ def iter_listing(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataF
     if held:
         yield pd.concat(pending, ignore_index=True)
     elif not chunks:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+        raise ZoomorphError(f"no images found in {', '.join(map(str, inputs))}")
 
 
 def expand_inputs(inputs: list[str | Path]) -> pd.DataFrame:

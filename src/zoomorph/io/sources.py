@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, Union
 
+from zoomorph.errors import InputNotFound, ZoomorphError
+
 ZIP_SEP = "::"  # archive.zip::member
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 
 
-class ImageError(ValueError):
+class ImageError(ZoomorphError):
     """An image that cannot be used; the message says why."""
 
 
@@ -68,7 +70,7 @@ def input_sources(item: str) -> Iterator[Source]:
     try:
         mode = os.stat(item).st_mode
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{item}: no such file or directory") from err
+        raise InputNotFound(f"{item}: no such file or directory") from err
     except OSError:  # e.g. a link to itself: decoding says so
         yield item
         return
@@ -117,7 +119,7 @@ def list_zip(archive: str) -> list[str]:
         with zipfile.ZipFile(archive) as zf:
             names = zf.namelist()
     except zipfile.BadZipFile as err:
-        raise ValueError(f"{archive}: not a readable zip archive ({err})") from err
+        raise ZoomorphError(f"{archive}: not a readable zip archive ({err})") from err
     return [f"{archive}{ZIP_SEP}{n}" for n in sorted(names) if is_listed(n) and not _macos_metadata(n)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.schema import ANSWER_COLUMNS, question_slices
 
 NUM_VOTES = len(ANSWER_COLUMNS)
@@ -51,4 +52,4 @@ def build_head(kind: str, in_features: int, num_classes: int, dropout: float = 0
         return ClassesHead(in_features, num_classes, dropout)
     if kind == "votes":
         return VotesHead(in_features, dropout)
-    raise ValueError(f"unknown head {kind!r}; known heads: classes, votes")
+    raise ZoomorphError(f"unknown head {kind!r}; known heads: classes, votes")

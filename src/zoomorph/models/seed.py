@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.models.recipe import Recipe
 from zoomorph.models.registry import register_model
 
@@ -28,7 +29,7 @@ def _valid_conv_pool_side(image_size: int, blocks: int) -> int:
     for _ in range(blocks):
         side = (side - 2) // 2
     if side < 1:
-        raise ValueError(f"{image_size} px is too small for {blocks} valid conv + pool blocks (94 px at least)")
+        raise ZoomorphError(f"{image_size} px is too small for {blocks} valid conv + pool blocks (94 px at least)")
     return side
 
 

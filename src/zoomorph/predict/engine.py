@@ -31,6 +31,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from zoomorph.errors import MissingExtra, ZoomorphError
 from zoomorph.labels import get_preset
 from zoomorph.predict.guards import check_not_listed, check_out
 from zoomorph.predict.listing import Listing
@@ -71,35 +72,35 @@ def output_format(out: Path, fmt: str | None) -> str:
     suffix = out.suffix.lower()
     fmt = fmt or ("csv" if suffix == ".csv" else "parquet")
     if (suffix == ".csv" and fmt == "parquet") or (suffix in (".parquet", ".pq") and fmt in ("csv", "kaggle")):
-        raise ValueError(f"--out {out} ends in {suffix} but the format is {fmt}: give --out a matching suffix")
+        raise ZoomorphError(f"--out {out} ends in {suffix} but the format is {fmt}: give --out a matching suffix")
     return fmt
 
 
 def _check_sizes(batch_size: int | None, workers: int | None, chunk_size: int) -> None:
     for value, what, least in ((batch_size, "batch_size", 1), (workers, "workers", 0), (chunk_size, "chunk_size", 1)):
         if value is not None and value < least:
-            raise ValueError(f"{what}={value}: it must be {least} or more")
+            raise ZoomorphError(f"{what}={value}: it must be {least} or more")
 
 
 def _check(cfg: RunConfig, fmt: str, backend: str, engine: str, mc_samples: int, preset: str | None) -> None:
     for value, allowed, what in ((fmt, FORMATS, "format"), (backend, BACKENDS, "backend"),
                                  (engine, ENGINES, "engine")):
         if value not in allowed:
-            raise ValueError(f"unknown {what} {value!r}: choose one of {', '.join(allowed)}")
+            raise ZoomorphError(f"unknown {what} {value!r}: choose one of {', '.join(allowed)}")
     if fmt == "kaggle" and cfg.head != "votes":
-        raise ValueError("format 'kaggle' writes the 37 vote fractions: it needs a run trained with the votes "
+        raise ZoomorphError("format 'kaggle' writes the 37 vote fractions: it needs a run trained with the votes "
                          f"head, and this run has the {cfg.head!r} head (use parquet or csv)")
     if preset and cfg.head != "votes":
-        raise ValueError("a preset derives classes from vote fractions: it needs a votes run "
+        raise ZoomorphError("a preset derives classes from vote fractions: it needs a votes run "
                          "(a classes run already predicts its classes)")
     if mc_samples == 1 or mc_samples < 0:
-        raise ValueError(f"mc_samples={mc_samples}: MC dropout needs 2 samples or more (0 turns it off)")
+        raise ZoomorphError(f"mc_samples={mc_samples}: MC dropout needs 2 samples or more (0 turns it off)")
     if mc_samples and backend != "torch":
-        raise ValueError("MC dropout needs backend='torch' (the ONNX graphs are exported in eval mode)")
+        raise ZoomorphError("MC dropout needs backend='torch' (the ONNX graphs are exported in eval mode)")
     if preset:
         get_preset(preset)  # an unknown name or a bad rules file fails now, not after the first batch
     if engine == "ray" and importlib.util.find_spec("ray") is None:
-        raise ImportError("engine='ray' needs Ray: pip install zoomorph[ray]")
+        raise MissingExtra("engine='ray' needs Ray: pip install zoomorph[ray]")
 
 
 @contextmanager
@@ -120,7 +121,7 @@ def _claimed(parts: Path) -> Iterator[None]:
             except OSError as err:
                 if err.errno not in (errno.EACCES, errno.EAGAIN):
                     raise
-                raise ValueError(f"another predict is writing {parts} right now: wait for it to end") from None
+                raise ZoomorphError(f"another predict is writing {parts} right now: wait for it to end") from None
         try:
             yield
         except BaseException:
@@ -131,7 +132,7 @@ def _claimed(parts: Path) -> Iterator[None]:
 
 def _galaxy_ids(listing: Listing) -> None:
     if listing.not_numeric is not None:
-        raise ValueError("format 'kaggle' needs numeric GalaxyIDs, but some file names are not numbers "
+        raise ZoomorphError("format 'kaggle' needs numeric GalaxyIDs, but some file names are not numbers "
                          f"(e.g. {listing.not_numeric!r})")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.io.sources import is_fits, is_image_name
 from zoomorph.predict.listing import Listing
 from zoomorph.predict.writers import MANIFEST, errors_path, finished, parts_dir
@@ -30,10 +31,10 @@ def check_out(out: Path, inputs: list, fmt: str, overwrite: bool) -> None:
     """Refuse an --out that is a folder, that is (or would replace) an input, or that would replace a file
     that is not predict's own; one stat per input given."""
     if out.is_dir():
-        raise ValueError(f"--out {out} is a directory: give a file name, e.g. {out / 'predictions.parquet'}")
+        raise ZoomorphError(f"--out {out} is a directory: give a file name, e.g. {out / 'predictions.parquet'}")
     folder = next((p for p in out.parents if p.exists()), None)
     if folder is not None and not folder.is_dir():
-        raise ValueError(f"--out {out}: {folder} is a file, not a folder")
+        raise ZoomorphError(f"--out {out}: {folder} is a file, not a folder")
     targets = [out, errors_path(out)] if fmt == "kaggle" else [out]
     for target in targets:
         _not_an_input(target, inputs)
@@ -41,7 +42,7 @@ def check_out(out: Path, inputs: list, fmt: str, overwrite: bool) -> None:
         return
     existing = next((t for t in targets if t.exists()), None)
     if existing is not None:
-        raise ValueError(f"--out {out}: {existing} exists and is not an output of zoomorph predict; refusing to "
+        raise ZoomorphError(f"--out {out}: {existing} exists and is not an output of zoomorph predict; refusing to "
                          "replace it (give --overwrite to replace it, or another --out)")
 
 
@@ -54,9 +55,9 @@ def _not_an_input(target: Path, inputs: list) -> None:
     for item in map(os.fspath, inputs):
         found = _identity(item)
         if found is not None and found == itself:
-            raise ValueError(f"--out {target} is the input {item}: predicting would overwrite it; give another --out")
+            raise ZoomorphError(f"--out {target} is the input {item}: predicting would overwrite it; give another --out")
         if found in folders:
-            raise ValueError(f"--out {target} is inside the input folder {item}, which predict reads: "
+            raise ZoomorphError(f"--out {target} is inside the input folder {item}, which predict reads: "
                              "give an --out outside it")
 
 
@@ -70,5 +71,5 @@ def check_not_listed(out: Path, listing: Listing) -> None:
     for k in range(listing.n_chunks):
         for source in listing.sources(k):
             if isinstance(source, str) and source.endswith(names) and _identity(source) == itself:  # not an Unusable
-                raise ValueError(f"--out {out} is an input: it is listed as {source}, and predicting would "
+                raise ZoomorphError(f"--out {out} is an input: it is listed as {source}, and predicting would "
                                  "overwrite it; give another --out")

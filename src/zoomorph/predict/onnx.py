@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from zoomorph.errors import ZoomorphError
 from zoomorph.inference import GRAPH_INPUT, GRAPH_OUTPUT, PixelModel
 from zoomorph.predict import quantize
 from zoomorph.runs import Run, RunConfig, file_digest, sidecar
@@ -71,7 +72,7 @@ def export_onnx(run: Run | Path, out: Path | None = None, *, int8: bool = False,
     given, on the run's own training images; written to RUN/model.int8.onnx by default.
     """
     if calibration and not int8:
-        raise ValueError("calibration images set the int8 activation ranges: give them with int8=True (--int8)")
+        raise ZoomorphError("calibration images set the int8 activation ranges: give them with int8=True (--int8)")
     run = Run.of(run)
     out = Path(out) if out else run.graph_file(int8)
     model, cfg = run.load_model(), run.config

@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from zoomorph.data.prepared import PreparedData
+from zoomorph.errors import ZoomorphError
 from zoomorph.io.decode import decode_batch
 from zoomorph.io.inputs import expand_inputs
 from zoomorph.runs import RunConfig
@@ -35,7 +36,7 @@ BATCH = 64
 PERCENTILE = 99.999
 
 
-class NoCalibrationImages(ValueError):
+class NoCalibrationImages(ZoomorphError):
     """Neither calibration images were given nor the run's prepared folder is readable."""
 
 

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from zoomorph.errors import MissingExtra
 from zoomorph.io.decode import decode_batch
 from zoomorph.predict.local_engine import batch_size_for
 from zoomorph.predict.results import PredictOptions, ResultRows
@@ -61,14 +62,15 @@ def ray_results(run: Run, chunks: Iterable[tuple[int, list[str]]], *, batch_size
     try:
         import ray  # optional (pip install zoomorph[ray]): predict imports this module without it
     except ImportError:
-        raise ImportError("engine='ray' needs Ray: pip install zoomorph[ray]") from None
+        raise MissingExtra("engine='ray' needs Ray: pip install zoomorph[ray]") from None
 
     started_here = not ray.is_initialized()
     if started_here:
         if ray_address:
             ray.init(address=ray_address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, logging_level=logging.WARNING)
+            # address="local": a private instance, never another Ray already running on this machine
+            ray.init(address="local", num_cpus=LOCAL_CPUS, include_dashboard=False, logging_level=logging.WARNING)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in input order: chunks fill one by one

@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from zoomorph.errors import DiskFull, ZoomorphError
 from zoomorph.files import replace_atomically
 from zoomorph.predict.listing import Listing
 from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN
@@ -79,7 +80,7 @@ class PartWriter:
         path = self.dir / MANIFEST
         if path.exists() and any(self.dir.glob("part-*.parquet")):  # without parts there is nothing to mix
             if json.loads(path.read_text()) != manifest:
-                raise ValueError(
+                raise ZoomorphError(
                     f"{self.dir} holds parts of a different prediction (the inputs, the run or the settings "
                     f"changed since it started). Rerun the original command to finish it, or delete "
                     f"{self.dir} to start over.")
@@ -140,10 +141,6 @@ def discard_parts(out: Path, fingerprint: str) -> None:
     if not any(parts_dir(out).glob("part-*.parquet")) or (
             manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint):
         shutil.rmtree(parts_dir(out), ignore_errors=True)
-
-
-class DiskFull(OSError):
-    """No space left while predict wrote (ENOSPC, EDQUOT); the message says how far it got."""
 
 
 def is_disk_full(err: OSError) -> bool:
