@@ -86,3 +86,23 @@ def write_images(folder: Path, ids, side: int = 64) -> list[Path]:
 def toys(monkeypatch):
     """Runs build their models with toy_model: use with pytestmark = pytest.mark.usefixtures("toys")."""
     monkeypatch.setattr(runs, "build_model", toy_model)
+
+
+def ray_case(tmp_path: Path):
+    """300 JPEGs and a broken one, a seeded 32 px convnet run, and the local engine's output on them:
+    what the Ray tests compare their engine with. Returns (images folder, run folder, local output)."""
+    import pandas as pd
+
+    from zoomorph.predict import predict
+
+    images = tmp_path / "images"
+    write_images(images, range(300000, 300300))
+    (images / "399999.jpg").write_bytes(b"not a jpeg")
+    run = tmp_path / "run"
+    cfg = RunConfig(model="convnet", head="classes", classes=CLASSES, image_size=32, fov=212)
+    cfg.save(run)
+    torch.manual_seed(0)
+    runs.Run(run, cfg).save_weights(runs.build_model(cfg))
+    local = pd.read_parquet(predict(run, [images], tmp_path / "local.parquet", chunk_size=128, batch_size=64,
+                                    backend="torch", workers=0, progress=False).out)
+    return images, run, local

@@ -8,12 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from predict_toys import CLASSES, write_images
+from predict_toys import CLASSES, ray_case
 
-from zoomorph import runs
 from zoomorph.predict import predict, ray_engine
-from zoomorph.runs import RunConfig
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -70,17 +67,7 @@ def _recording_stages(monkeypatch, log_dir):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its settings
 def test_ray_engine_on_two_nodes_equals_local_engine(tmp_path, monkeypatch, two_nodes):
     cluster, node_ids = two_nodes
-    images = tmp_path / "images"
-    write_images(images, range(300000, 300300))
-    (images / "399999.jpg").write_bytes(b"not a jpeg")
-    run = tmp_path / "run"
-    cfg = RunConfig(model="convnet", head="classes", classes=CLASSES, image_size=32, fov=212)
-    cfg.save(run)
-    torch.manual_seed(0)
-    runs.Run(run, cfg).save_weights(runs.build_model(cfg))
-
-    local = pd.read_parquet(predict(run, [images], tmp_path / "local.parquet", chunk_size=128, batch_size=64,
-                                    backend="torch", workers=0, progress=False).out)
+    images, run, local = ray_case(tmp_path)
     log_dir = tmp_path / "stages"
     log_dir.mkdir()
     _recording_stages(monkeypatch, log_dir)
