@@ -11,6 +11,7 @@ demo: setup
 	$(BIN)/zoomorph demo
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 setup: $(VENV)/.installed

@@ -52,3 +52,13 @@ def kaggle_dir(tmp_path) -> Path:
         (images / f"{gid}.jpg").write_bytes(jpeg_bytes(seed=i))
     random_solutions(ids).to_csv(tmp_path / "solutions.csv")
     return tmp_path
+
+
+@pytest.fixture
+def toys(monkeypatch):
+    """Runs build their models with predict_toys.toy_model: use with pytestmark = pytest.mark.usefixtures("toys")."""
+    from predict_toys import toy_model
+
+    from zoomorph import runs
+
+    monkeypatch.setattr(runs, "build_model", toy_model)

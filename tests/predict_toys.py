@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -80,12 +79,6 @@ def write_images(folder: Path, ids, side: int = 64) -> list[Path]:
     for gid, path in zip(ids, paths, strict=True):
         path.write_bytes(jpeg(int(gid), side))
     return paths
-
-
-@pytest.fixture
-def toys(monkeypatch):
-    """Runs build their models with toy_model: use with pytestmark = pytest.mark.usefixtures("toys")."""
-    monkeypatch.setattr(runs, "build_model", toy_model)
 
 
 def ray_case(tmp_path: Path):

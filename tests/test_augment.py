@@ -2,8 +2,16 @@ import pytest
 import torch
 
 from zoomorph.data.augment import (
-    SEED_TRANSFORMS, build_augment, dihedral, dihedral_per_image, inverse_dihedral, kaggle_augment,
-    scale_augment, seed_augment, sky_level, zoom,
+    SEED_TRANSFORMS,
+    build_augment,
+    dihedral,
+    dihedral_per_image,
+    inverse_dihedral,
+    kaggle_augment,
+    scale_augment,
+    seed_augment,
+    sky_level,
+    zoom,
 )
 
 NO_CHANGE = dict(rotation=0.0, shift=0.0, zoom_range=(1.0, 1.0), flip=False, colour=0.0)

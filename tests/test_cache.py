@@ -2,11 +2,11 @@ import os
 
 import numpy as np
 
+from conftest import jpeg_bytes
 from zoomorph.data import cache
 from zoomorph.data.cache import build_cache, cache_key, drop_rows
-from zoomorph.io.decode import KAGGLE_SIZE, decode, load
 from zoomorph.data.prepare import prepare
-from conftest import jpeg_bytes
+from zoomorph.io.decode import KAGGLE_SIZE, decode, load
 
 
 def test_cache_equals_fresh_decode(kaggle_dir, tmp_path):

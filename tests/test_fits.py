@@ -11,9 +11,9 @@ from predict_toys import CLASSES, make_run, toy_model
 from conftest import random_solutions
 from zoomorph import runs
 from zoomorph.data.prepare import prepare
-from zoomorph.predict import predict
 from zoomorph.io.decode import load
 from zoomorph.io.fits import to_rgb
+from zoomorph.predict import predict
 
 
 def galaxy(side: int = 48, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from predict_toys import toys  # noqa: F401 (the fixture)
 from predict_toys import make_run, write_images
 from typer.testing import CliRunner
 

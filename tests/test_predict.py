@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from predict_toys import toys  # noqa: F401 (the fixture)
 from predict_toys import CLASSES, jpeg, make_run, write_images
 
 from zoomorph import runs

@@ -12,13 +12,11 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from PIL import Image
-from predict_toys import toys  # noqa: F401 (the fixture)
 from predict_toys import jpeg, make_run, write_images
 
 from zoomorph.io.decode import decode
 from zoomorph.predict import engine, predict
 from zoomorph.predict.writers import MANIFEST, errors_path, parts_dir
-
 
 pytestmark = pytest.mark.usefixtures("toys")
 

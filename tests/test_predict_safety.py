@@ -13,14 +13,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from predict_toys import toys  # noqa: F401 (the fixture)
 from predict_toys import make_run, write_images
 from typer.testing import CliRunner
 
 from zoomorph import runs
 from zoomorph.cli import app
-from zoomorph.predict import export_onnx, predict
-from zoomorph.predict import writers
+from zoomorph.predict import export_onnx, predict, writers
 from zoomorph.predict.writers import DiskFull, errors_path, parts_dir, record_path
 
 pytestmark = pytest.mark.usefixtures("toys")

@@ -9,8 +9,7 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
-from predict_toys import make_run as make_toy_run
-from predict_toys import toy_model, write_images
+from predict_toys import make_run as make_toy_run, toy_model, write_images
 from tiny_runs import make_run, prepared_folder
 from typer.testing import CliRunner
 

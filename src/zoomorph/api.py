@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoomorph.data.labelled import Report, read_labels
 from zoomorph.data import prepare as preparing
+from zoomorph.data.labelled import Report, read_labels
 from zoomorph.data.prepare import PrepareSummary
 from zoomorph.labels import DEFAULT_PRESET, Labels, assign, get_preset
 from zoomorph.models import model_spec

@@ -315,8 +315,8 @@ def export(run: Path = typer.Argument(..., help="run folder"),
     import json
 
     from zoomorph.api import export as run_export
-    from zoomorph.runs import sidecar
     from zoomorph.predict.quantize import describe
+    from zoomorph.runs import sidecar
 
     if format != "onnx":
         raise ZoomorphError(f"format {format!r}: only onnx is supported")

@@ -77,7 +77,8 @@ class Predictor:
         if mc_samples:
             dropout = [m for m in pixel_model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
             if not dropout:
-                raise ZoomorphError(f"model {name or type(model).__name__!r} has no dropout layers: MC dropout needs some")
+                raise ZoomorphError(f"model {name or type(model).__name__!r} has no dropout layers: "
+                                    "MC dropout needs some")
             for m in dropout:  # dropout samples, BatchNorm keeps its running statistics
                 m.train()
         return cls(_torch_forward(pixel_model, device, autocast), tta=tta, mc_samples=mc_samples, device=device)

@@ -29,7 +29,8 @@ from zoomorph.errors import InputNotFound, ZoomorphError
 from zoomorph.files import replace_atomically
 from zoomorph.models import create_model
 
-_CONFIG, _WEIGHTS, _HISTORY, _SUMMARY, _METRICS = "config.json", "model.pt", "history.csv", "summary.json", "metrics.json"
+_CONFIG, _WEIGHTS, _HISTORY = "config.json", "model.pt", "history.csv"
+_SUMMARY, _METRICS = "summary.json", "metrics.json"
 _CHECKPOINTS, _LAST_CHECKPOINT, _REPORT = "checkpoints", "last.ckpt", "report.html"
 _GRAPH, _INT8_GRAPH = "model.onnx", "model.int8.onnx"
 # What training writes, and what is derived from the weights: `train --fresh` removes these before it starts.
@@ -63,7 +64,8 @@ class RunConfig:
 
     def _learning_settings(self) -> dict:
         fixed = ("model", "head", "classes", "image_size", "fov", "preset", "split_hash")
-        settings = {key: getattr(self, key) for key in fixed} | {key: self.extra.get(key) for key in ("balance", "seed")}
+        settings = {key: getattr(self, key) for key in fixed}
+        settings |= {key: self.extra.get(key) for key in ("balance", "seed")}
         return _plain(settings | dict(self.extra.get("recipe") or {}))  # as JSON gives it back: tuples as lists
 
     @classmethod

@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchmetrics
-import zoomorph
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+import zoomorph
 from zoomorph.data.augment import build_augment
 from zoomorph.data.datamodule import GalaxyDataModule
 from zoomorph.data.prepared import PreparedData

@@ -22,8 +22,15 @@ import pandas as pd
 
 from zoomorph.data.cache import build_cache, cache_key, drop_rows
 from zoomorph.data.labelled import Catalog, build_catalog
-from zoomorph.data.prepared import (CATALOG_FILE, IMAGES_FILE, SETTINGS_FILE, SKIPPED_FILE, SPLIT_FILE,
-                                    PreparedData, check_classes)
+from zoomorph.data.prepared import (
+    CATALOG_FILE,
+    IMAGES_FILE,
+    SETTINGS_FILE,
+    SKIPPED_FILE,
+    SPLIT_FILE,
+    PreparedData,
+    check_classes,
+)
 from zoomorph.data.split import reuse_or_make, write_manifest
 from zoomorph.errors import ZoomorphError
 from zoomorph.labels import DEFAULT_PRESET, get_preset

@@ -199,7 +199,8 @@ def predict(run: Run | Path, inputs: list[str | Path], out: Path, *, format: str
         run.load_model()  # a damaged model.pt fails here, once, rather than in every worker
     columns = output_columns(cfg, preset, mc_samples)
     options = PredictOptions(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
-    settings = options.as_settings() | {"chunk_size": chunk_size} | ({"graph_sha256": graph} if graph else {})  # e.g. re-calibrated
+    # the graph's digest too: a re-calibrated int8 graph gives other results
+    settings = options.as_settings() | {"chunk_size": chunk_size} | ({"graph_sha256": graph} if graph else {})
     writer = None
     try:
         with _claimed(parts_dir(out)):

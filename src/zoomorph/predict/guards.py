@@ -55,7 +55,8 @@ def _not_an_input(target: Path, inputs: list) -> None:
     for item in map(os.fspath, inputs):
         found = _identity(item)
         if found is not None and found == itself:
-            raise ZoomorphError(f"--out {target} is the input {item}: predicting would overwrite it; give another --out")
+            raise ZoomorphError(f"--out {target} is the input {item}: predicting would overwrite it; "
+                                "give another --out")
         if found in folders:
             raise ZoomorphError(f"--out {target} is inside the input folder {item}, which predict reads: "
                              "give an --out outside it")
