@@ -28,6 +28,7 @@ import torch
 from zoomorph.errors import InputNotFound, ZoomorphError
 from zoomorph.files import replace_atomically
 from zoomorph.models import create_model
+from zoomorph.models.recipe import Recipe
 
 _CONFIG, _WEIGHTS, _HISTORY = "config.json", "model.pt", "history.csv"
 _SUMMARY, _METRICS = "summary.json", "metrics.json"
@@ -66,7 +67,9 @@ class RunConfig:
         fixed = ("model", "head", "classes", "image_size", "fov", "preset", "split_hash")
         settings = {key: getattr(self, key) for key in fixed}
         settings |= {key: self.extra.get(key) for key in ("balance", "seed")}
-        return _plain(settings | dict(self.extra.get("recipe") or {}))  # as JSON gives it back: tuples as lists
+        # the recipe in full (a run made before a field existed has today's default there), as JSON gives it
+        recipe = Recipe.from_dict(self.extra.get("recipe") or {}).to_dict()
+        return _plain(settings | recipe)
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":
