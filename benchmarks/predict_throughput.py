@@ -40,12 +40,12 @@ from PIL import Image
 
 from zoomorph.data.prepare import DEFAULT_FOV
 from zoomorph.inference import PixelModel, onnx_forward, outputs_to_probs, to_input
-from zoomorph.io.decode import KAGGLE_SIZE, decode_batch, fov_crop, load
+from zoomorph.io.decode import KAGGLE_SIZE, decode_batch, default_workers, fov_crop, load
 from zoomorph.io.sources import input_sources
 from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict
 from zoomorph.predict.engine import BACKENDS, chosen_backend
-from zoomorph.predict.local_engine import batch_size_for, default_workers, ordered
+from zoomorph.predict.local_engine import batch_size_for, ordered
 from zoomorph.runs import Run, RunConfig, build_model
 from zoomorph.training import DEFAULT_MODEL
 

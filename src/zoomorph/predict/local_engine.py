@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zoomorph.io.decode import decode_batch
+from zoomorph.io.decode import decode_batch, default_workers
 from zoomorph.predict.results import PredictOptions, ResultRows
 from zoomorph.runs import Run
 
@@ -34,11 +34,6 @@ def batch_size_for(cuda: bool) -> int:
     """The default batch: 64 on a CPU, where small batches stay in the caches (measured ~10% faster
     than 256 with every backend), 256 on a GPU."""
     return 256 if cuda else 64
-
-
-def default_workers(workers: int | None) -> int:
-    """Worker processes: one per core unless told (0: everything in this process)."""
-    return (os.cpu_count() or 1) if workers is None else workers
 
 
 def ordered(fn: Callable, tasks: Iterable, pool: Pool | None, window: int) -> Iterator:
