@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 from zoomorph.data.cache import build_cache
-from zoomorph.data.prepare import DEFAULT_FOV
-from zoomorph.io.decode import load
+from zoomorph.io.decode import DEFAULT_FOV, load
 from zoomorph.io.sources import input_sources
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-q1" / "images"

@@ -38,9 +38,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from zoomorph.data.prepare import DEFAULT_FOV
 from zoomorph.inference import PixelModel, onnx_forward, outputs_to_probs, to_input
-from zoomorph.io.decode import KAGGLE_SIZE, decode_batch, default_workers, fov_crop, load
+from zoomorph.io.decode import DEFAULT_FOV, KAGGLE_SIZE, decode_batch, default_workers, fov_crop, load
 from zoomorph.io.sources import input_sources
 from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict

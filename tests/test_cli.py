@@ -65,7 +65,7 @@ def test_labels_seed_on_real_sample_prints_original_counts():
 
 def test_prepare_for_a_model_takes_its_size_and_field_of_view(tmp_path):
     # the seed models need 150 px of the central 150: prepare's 64 px default would be refused by them
-    from zoomorph.data.prepared import PreparedData
+    from zoomorph.data.dataset import PreparedData
     from zoomorph.data.synthetic import make_synthetic
 
     solutions = make_synthetic(tmp_path / "set", 40, seed=3, workers=1)

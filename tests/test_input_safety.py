@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from conftest import jpeg_bytes, random_solutions
 from zoomorph.cli import app
+from zoomorph.data.dataset import PreparedData, check_classes
 from zoomorph.data.labelled import Report, build_catalog, read_labels
 from zoomorph.data.prepare import PrepareRefused, prepare, refused_report
-from zoomorph.data.prepared import PreparedData, check_classes
 from zoomorph.io import sources as sources_module
 from zoomorph.io.decode import decode_batch
 from zoomorph.io.inputs import frame_sources, iter_listing

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zoomorph.data.prepared import PreparedData
+from zoomorph.data.dataset import PreparedData
 from zoomorph.evaluation.metrics import reliability_bins
 from zoomorph.evaluation.plots import (
     activation_tiles,

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from zoomorph.data.dataset import PreparedData
 from zoomorph.data.prepare import prepare
-from zoomorph.data.prepared import PreparedData
 from zoomorph.data.synthetic import make_synthetic
 from zoomorph.models import create_model, list_models, register_model
 from zoomorph.models.registry import MODERN_RECIPE

@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 import zoomorph
 from zoomorph.data.augment import build_augment
 from zoomorph.data.datamodule import GalaxyDataModule
-from zoomorph.data.prepared import PreparedData
+from zoomorph.data.dataset import PreparedData
 from zoomorph.evaluation.robustness import zoom_robustness
 from zoomorph.files import replace_atomically
 from zoomorph.inference import to_input

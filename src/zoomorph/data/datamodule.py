@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from zoomorph.data.prepared import PreparedData, check_classes
+from zoomorph.data.dataset import PreparedData, check_classes
 from zoomorph.errors import ZoomorphError
 from zoomorph.schema import ANSWER_COLUMNS
 

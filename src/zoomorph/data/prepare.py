@@ -1,7 +1,7 @@
 """`zoomorph prepare`: labels + split + image cache in one step.
 
 catalogue (images joined with labels, preset applied) -> split manifest ->
-uint8 cache -> a prepared folder (see prepared.py for its layout).
+uint8 cache -> a prepared folder (see dataset.py for its layout).
 
 Data that no model could train on is refused (PrepareRefused) before anything
 is written to OUT: an existing prepared folder stays as it was, and a new OUT
@@ -21,8 +21,7 @@ import numpy as np
 import pandas as pd
 
 from zoomorph.data.cache import build_cache, cache_key, drop_rows
-from zoomorph.data.labelled import Catalog, build_catalog
-from zoomorph.data.prepared import (
+from zoomorph.data.dataset import (
     CATALOG_FILE,
     IMAGES_FILE,
     SETTINGS_FILE,
@@ -31,16 +30,14 @@ from zoomorph.data.prepared import (
     PreparedData,
     check_classes,
 )
+from zoomorph.data.labelled import Catalog, build_catalog
 from zoomorph.data.split import reuse_or_make, write_manifest
 from zoomorph.errors import ZoomorphError
+from zoomorph.io.decode import DEFAULT_FOV
 from zoomorph.labels import DEFAULT_PRESET, get_preset
 from zoomorph.schema import ANSWER_COLUMNS
 
 DEFAULT_SIZE = 64
-# Central crop of the 424 px Kaggle images. 256 = 4 x the default 64 px: JPEGs then decode at the
-# DCT's 1/4 scale straight to the crop, with no resampling (30% faster than the Kaggle winner's 207,
-# as accurate on real galaxies: docs/models.md).
-DEFAULT_FOV = 256
 STAGED_IMAGES = "images.new.npy"  # the cache being built; it replaces images.npy once every check has passed
 
 

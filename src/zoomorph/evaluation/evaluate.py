@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from rich.table import Table
 
-from zoomorph.data.prepared import PreparedData
+from zoomorph.data.dataset import PreparedData
 from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation.metrics import (
     BOOTSTRAP_METRICS,

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from zoomorph.data.prepared import PreparedData
+from zoomorph.data.dataset import PreparedData
 from zoomorph.errors import ZoomorphError
 
 EXAMPLE_KINDS = {

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from zoomorph.data.prepared import SKIPPED_FILE, PreparedData
+from zoomorph.data.dataset import SKIPPED_FILE, PreparedData
 from zoomorph.evaluation import plots
 from zoomorph.evaluation.evaluate import VARIANT_TITLES, evaluate_run, summary_rows
 from zoomorph.evaluation.saliency import activations, grad_cam

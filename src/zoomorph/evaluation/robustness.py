@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from zoomorph.data.augment import zoom
-from zoomorph.data.prepared import PreparedData
+from zoomorph.data.dataset import PreparedData
 from zoomorph.inference import Predictor
 from zoomorph.schema import ANSWER_COLUMNS
 

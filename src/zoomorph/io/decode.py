@@ -22,6 +22,10 @@ from zoomorph.io.fits import fits_rgb
 from zoomorph.io.sources import ImageError, Source, is_fits, read_bytes
 
 KAGGLE_SIZE = 424  # side of every Kaggle/SDSS image; the field of view is given in its pixels
+# The central crop by default. 256 = 4 x the default 64 px: JPEGs then decode at the DCT's 1/4 scale
+# straight to the crop, with no resampling (30% faster than the Kaggle winner's 207, as accurate on
+# real galaxies: docs/models.md).
+DEFAULT_FOV = 256
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,13 @@ def decode_fits(data: bytes, size: int, fov: int = KAGGLE_SIZE, name: str = "ima
     rgb, note = fits_rgb(data, name)
     im = Image.fromarray(rgb)
     return Decoded(crop_resize(im, size, fov_crop(min(im.size), fov)), note)
+
+
+def cut_array(rgb: np.ndarray, size: int, fov: int = KAGGLE_SIZE) -> Decoded:
+    """An in-memory full-resolution RGB image (H, W, 3) uint8 -> the crop `decode` would cut from its file:
+    the survey-shift suite transforms images in memory and must see the same geometry."""
+    im = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    return Decoded(crop_resize(im, size, fov_crop(min(im.size), fov)))
 
 
 def load(source: Source, size: int, fov: int = KAGGLE_SIZE) -> Decoded:

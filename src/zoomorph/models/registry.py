@@ -13,6 +13,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 from zoomorph.errors import ZoomorphError
+from zoomorph.io.decode import DEFAULT_FOV
 from zoomorph.models.heads import build_head
 from zoomorph.models.recipe import MODERN_RECIPE, Recipe
 
@@ -33,9 +34,6 @@ class ModelSpec:
 
 __all__ = ["MODERN_RECIPE", "ModelSpec", "Network", "Recipe", "create_model", "list_models", "model_spec",
            "register_model"]
-# 256 = 4 x 64 px: JPEGs then decode at the DCT's 1/4 scale straight to the crop, with no resampling
-# (30% faster than the Kaggle winner's 207, as accurate on real galaxies: docs/models.md).
-DEFAULT_FOV = 256
 
 _REGISTRY: dict[str, ModelSpec] = {}
 

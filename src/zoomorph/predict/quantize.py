@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from zoomorph.data.prepared import PreparedData
+from zoomorph.data.dataset import PreparedData
 from zoomorph.errors import ZoomorphError
 from zoomorph.io.decode import decode_batch
 from zoomorph.io.inputs import expand_inputs
