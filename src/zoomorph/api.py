@@ -15,15 +15,50 @@ from zoomorph.data import prepare as preparing
 from zoomorph.data.labelled import Report, read_labels
 from zoomorph.data.prepare import PrepareSummary
 from zoomorph.labels import DEFAULT_PRESET, Labels, assign, get_preset
-from zoomorph.models import model_spec
+from zoomorph.models import ModelSpec, list_models, model_spec
 
-__all__ = ["PrepareSummary", "compare", "demo", "evaluate", "export", "label_solutions", "predict", "prepare",
-           "report", "train"]
+__all__ = ["PrepareSummary", "compare", "demo", "evaluate", "export", "label_solutions", "models", "predict",
+           "prepare", "report", "synth", "train"]
+
+
+def synth(out: Path, n: int = 1000, *, seed: int = 0, size: int = 424, workers: int | None = None) -> Path:
+    """Write a synthetic Galaxy Zoo set in the Kaggle layout (for demos and tests; no measure of real skill).
+
+    Args:
+        out: the folder for images/ and solutions.csv.
+        n: how many galaxies; seed: the same seed gives the same files byte for byte.
+        size: the images' side in pixels; workers: processes (None: one per core).
+
+    Returns:
+        the path of solutions.csv.
+    """
+    from zoomorph.data.synthetic import make_synthetic
+
+    return make_synthetic(Path(out), n, seed=seed, size=size, workers=workers)
+
+
+def models() -> list[ModelSpec]:
+    """The registered models, by name.
+
+    Returns:
+        one ModelSpec each: name, description, default image size and field of view, training recipe.
+    """
+    return [model_spec(name) for name in list_models()]
 
 
 def label_solutions(solutions: Path, preset: str = "hubble", *, conflicts: str = "exclude",
                     min_share: float = 0.8, out: Path | None = None) -> tuple[Labels, Report]:
-    """Apply a preset to a solutions file; optionally write GalaxyID,label CSV."""
+    """Apply a preset to a solutions file (docs/labels.md).
+
+    Args:
+        solutions: a Kaggle solutions CSV (all 37 columns or the ones the preset needs).
+        preset: a preset name (`hubble`, `seed`, `smooth-featured`, ...).
+        conflicts, min_share: what a galaxy matching two classes becomes, and the share that decides.
+        out: also write `GalaxyID,label` to this CSV.
+
+    Returns:
+        (the labels and the rules that made them, the report of rejected and duplicate rows).
+    """
     report = Report()
     fractions = read_labels(Path(solutions), report)
     result = assign(fractions, get_preset(preset, conflicts, min_share))
@@ -60,11 +95,39 @@ def prepare(images: Path, labels: Path | None, out: Path, *, model: str | None =
                              test=test, seed=seed, workers=workers, progress=progress)
 
 
-def train(data: Path, model: str | None = None, **kwargs):
-    """Train a registered model on a prepared folder (see zoomorph.training.train for options)."""
+def train(data: Path, model: str | None = None, *, head: str = "classes", out: Path | None = None,
+          epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+          augment: str | None = None, balance: str = "sampler", seed: int = 0, deterministic: bool = False,
+          resume: bool = True, val_loss_stop: float | None = None, patience: int | None = None,
+          accelerator: str = "auto", devices="auto", num_nodes: int = 1, strategy: str = "auto",
+          precision: str | None = None, max_minutes: float | None = None, progress: bool = True,
+          callbacks: list | tuple = ()):
+    """Train a registered model on a prepared folder (zoomorph.training.train).
+
+    Args:
+        data: a prepared folder (from `prepare`) or its PreparedData.
+        model: a registered model name (`models()`); None for the default, convnet-lite.
+        head: "classes" (the preset's classes) or "votes" (the 37 decision-tree fractions).
+        out: the run folder; default runs/<data>-<model>-<head>.
+        epochs, batch_size, lr, augment, val_loss_stop, patience: override the model's recipe.
+        balance: "sampler" (class-balanced batches), "weights" (a weighted loss) or "none".
+        seed, deterministic: seeds everything; `deterministic` makes CPU runs bit-exact.
+        resume: carry on from out/checkpoints/last.ckpt (False: refuse a non-empty folder's checkpoints
+            and start over).
+        accelerator, devices, num_nodes, strategy, precision: as Lightning's Trainer takes them.
+        max_minutes: stop after this long (the best checkpoint so far is exported).
+        callbacks: extra Lightning callbacks.
+
+    Returns:
+        TrainResult: the run folder and its summary (best epoch, validation accuracy, images/s).
+    """
     from zoomorph.training import DEFAULT_MODEL, train as run_train
 
-    return run_train(data, model=model or DEFAULT_MODEL, **kwargs)
+    return run_train(data, model=model or DEFAULT_MODEL, head=head, run_dir=out, epochs=epochs,
+                     batch_size=batch_size, lr=lr, augment=augment, balance=balance, seed=seed,
+                     deterministic=deterministic, resume=resume, val_loss_stop=val_loss_stop, patience=patience,
+                     accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                     precision=precision, max_minutes=max_minutes, progress=progress, callbacks=callbacks)
 
 
 def demo(out: Path = Path("demo"), n: int = 1500, epochs: int | None = 15, model: str | None = None,
@@ -73,6 +136,13 @@ def demo(out: Path = Path("demo"), n: int = 1500, epochs: int | None = 15, model
 
     The embedded default that shows the whole pipeline on a fresh machine,
     no data needed. Synthetic accuracy is no measure of real performance.
+
+    Args:
+        out: the folder for the synthetic set, the prepared data and the run.
+        n, seed: the synthetic set; epochs, model: the training (default model, 15 epochs).
+
+    Returns:
+        {"run_dir", "prepared", "counts", "summary", "seconds"}.
     """
     import time
 
@@ -91,38 +161,93 @@ def demo(out: Path = Path("demo"), n: int = 1500, epochs: int | None = 15, model
 
 
 def evaluate(run_dir: Path, data: Path | None = None, split: str = "val", tta: bool = False) -> dict:
-    """Metrics of a trained run on a split; writes RUN/metrics.json."""
+    """Score a trained run on a split; writes RUN/metrics.json and RUN/predictions_<split>.parquet.
+
+    Args:
+        run_dir: a trained run folder.
+        data: the prepared folder to score on; default the one the run was trained on.
+        split: "val", "test" or "train".
+        tta: also score the average over the 8 dihedral views.
+
+    Returns:
+        the metrics: accuracy and balanced accuracy with 95% intervals, per class, confusion, zoom check.
+    """
     from zoomorph.evaluation.evaluate import evaluate_run
 
     return evaluate_run(Path(run_dir), Path(data) if data else None, split=split, tta=tta)
 
 
 def report(run_dir: Path, out: Path | None = None) -> Path:
-    """One self-contained HTML report of a run (evaluates it first if needed)."""
+    """One self-contained HTML report of a run (evaluates it first if needed).
+
+    Args:
+        run_dir: a trained run folder; out: the HTML file (default RUN/report.html).
+
+    Returns:
+        the path of the report.
+    """
     from zoomorph.evaluation.report import write_report
 
     return write_report(Path(run_dir), out)
 
 
 def compare(run_dirs: list[Path], out: Path | None = None) -> tuple[pd.DataFrame, Path | None]:
-    """The comparison table of several runs (same split required), and its HTML page."""
+    """Compare several evaluated runs on one table.
+
+    Args:
+        run_dirs: run folders evaluated on the same split (refused otherwise).
+        out: also write the comparison as an HTML page here.
+
+    Returns:
+        (one row per run, the HTML page's path or None).
+    """
     from zoomorph.evaluation.compare import compare_runs, write_compare_html
 
     table = compare_runs([Path(r) for r in run_dirs])
     return table, write_compare_html([Path(r) for r in run_dirs], out) if out else None
 
 
-def predict(run_dir: Path, inputs: list, out: Path, *, overwrite: bool = False, **kwargs):
-    """Classify images, folders, zips, catalogues or FITS into one row per input (see zoomorph.predict);
-    `overwrite`: replace an existing `out` that is not predict's own output, and redo a finished one."""
+def predict(run: Path, inputs: list, out: Path, *, format: str | None = None, backend: str = "auto",
+            engine: str = "local", tta: bool = False, mc_samples: int = 0, batch_size: int | None = None,
+            workers: int | None = None, chunk_size: int = 4096, preset: str | None = None,
+            ray_address: str | None = None, overwrite: bool = False, progress: bool = True):
+    """Classify images, folders, zips, catalogues or FITS into one row per input (docs/predict.md).
+
+    Args:
+        run: a trained run folder.
+        inputs: files, folders, zips and catalogues (CSV/Parquet with a path column), in order.
+        out: the output file; resumable: the same call again carries on where it stopped.
+        format: "parquet", "csv" or "kaggle" (the submission format); default by `out`'s suffix.
+        backend: "auto" (ONNX when onnxruntime is there), "onnx", "int8" or "torch".
+        engine: "local" (decoding processes) or "ray" (a cluster, `ray_address`).
+        tta: average the 8 dihedral views; mc_samples: MC-dropout samples for an uncertainty (torch).
+        batch_size, workers, chunk_size: images per model call, decoding processes (None: one per core,
+            0: none), rows per output part.
+        preset: for a votes run, also classify the fractions with this preset.
+        overwrite: replace an `out` that predict did not write, and redo a finished one.
+
+    Returns:
+        PredictSummary: rows written, rows with an error, images/s, whether it was already complete.
+    """
     from zoomorph.predict import predict as run_predict
 
-    return run_predict(Path(run_dir), inputs, Path(out), overwrite=overwrite, **kwargs)
+    return run_predict(Path(run), inputs, Path(out), format=format, backend=backend, engine=engine, tta=tta,
+                       mc_samples=mc_samples, batch_size=batch_size, workers=workers, chunk_size=chunk_size,
+                       preset=preset, ray_address=ray_address, progress=progress, overwrite=overwrite)
 
 
 def export(run_dir: Path, out: Path | None = None, *, int8: bool = False, calibration: list | None = None) -> Path:
-    """ONNX model (dynamic batch, uint8 NHWC in, probabilities out) and its preprocessing sidecar;
-    `int8`: statically quantised for fast CPU serving, calibrated on `calibration` or the run's own images."""
+    """Export a run as an ONNX model (dynamic batch, uint8 NHWC in, probabilities out) with its
+    preprocessing sidecar (size, field of view, classes).
+
+    Args:
+        run_dir: a trained run folder; out: the .onnx file (default RUN/model.onnx or model.int8.onnx).
+        int8: statically quantised for fast CPU serving, calibrated on `calibration` (image paths) or on
+            the run's own training images.
+
+    Returns:
+        the path of the ONNX file.
+    """
     from zoomorph.predict import export_onnx
 
     return export_onnx(Path(run_dir), Path(out) if out else None, int8=int8, calibration=calibration)

@@ -58,7 +58,7 @@ def synth(out: Path = typer.Argument(..., help="folder to write images/ and solu
           n: int = typer.Option(1000, "--n", help="number of galaxies"),
           seed: int = typer.Option(0, help="random seed (same seed, same set)")) -> None:
     """Generate a synthetic Galaxy Zoo set in the exact Kaggle layout (for demos and tests only)."""
-    from zoomorph.data.synthetic import make_synthetic
+    from zoomorph.api import synth as make_synthetic
 
     solutions = make_synthetic(out, n, seed=seed)
     console.print(f"wrote {n:,} synthetic galaxies: {out / 'images'} and {solutions}")
@@ -153,7 +153,7 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
     """Train a model on a prepared folder; re-running the same command resumes it."""
     from zoomorph.api import train as run_train
 
-    result = run_train(data, model=model, head=head, run_dir=run_dir, epochs=epochs, batch_size=batch_size,
+    result = run_train(data, model=model, head=head, out=run_dir, epochs=epochs, batch_size=batch_size,
                        lr=lr, augment=augment, balance=balance, val_loss_stop=val_loss_stop,
                        patience=patience, seed=seed, deterministic=deterministic, resume=not fresh,
                        accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
@@ -181,14 +181,13 @@ def _print_train_summary(summary: dict, run_dir: Path) -> None:
 @user_errors
 def models() -> None:
     """List the registered models with their default input size and recipe."""
-    from zoomorph.models import list_models, model_spec
+    from zoomorph.api import models as registered
 
     table = Table(title="registered models", title_justify="left")
     for col in ("name", "input", "description"):
         table.add_column(col)
-    for name in list_models():
-        spec = model_spec(name)
-        table.add_row(name, f"{spec.default_image_size}px", spec.description)
+    for spec in registered():
+        table.add_row(spec.name, f"{spec.default_image_size}px of {spec.default_fov}", spec.description)
     console.print(table)
 
 
