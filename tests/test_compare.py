@@ -88,3 +88,10 @@ def test_compare_page(tmp_path):
     assert page.rows == 3 and page.images == 1  # header + 2 runs; overlaid curves
     assert all(u.startswith("data:image/png;base64,") for u in page.urls)
     assert "0.900 (0.860-0.930)" in text and "small" in text
+
+
+def test_names_on_the_page_are_escaped(tmp_path):
+    """A run folder's name is the user's text: it shows as text and never becomes markup."""
+    runs = [hand_made_run(tmp_path / name, summary={"parameters": 10}) for name in ("<script>x", "b&c")]
+    text = write_compare_html(runs, tmp_path / "compare.html").read_text()
+    assert "<script>" not in text and "&lt;script&gt;x" in text and "b&amp;c" in text

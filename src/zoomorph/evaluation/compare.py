@@ -6,7 +6,6 @@ different splits (split name or split-manifest hash) are refused.
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation import plots
 from zoomorph.evaluation.evaluate import evaluate_run
-from zoomorph.evaluation.report import html_image, html_note, html_page, html_table
+from zoomorph.evaluation.html import Section, image, join, note, page, table, text
 from zoomorph.runs import Run, build_model
 
 COLUMNS = ["run", "model", "head", "parameters", "input_size", "epochs", "train_seconds", "images_per_s",
@@ -67,18 +66,18 @@ def _history_stat(history: pd.DataFrame, column: str, how: str) -> float:
 def write_compare_html(runs: list[Run | Path], out: Path) -> Path:
     """A self-contained page: the comparison table and every run's training curves on shared axes."""
     runs = [Run.of(r) for r in runs]
-    table = compare_runs(runs)
-    first = table.iloc[0]
-    intro = (f"<p>{len(table)} runs, all evaluated on the <b>{html.escape(first['split'])}</b> split "
-             f"(split hash <code>{html.escape(str(first['split_hash']))}</code>).</p>")
+    rows = compare_runs(runs)
+    first = rows.iloc[0]
+    intro = text("<p>{} runs, all evaluated on the <b>{}</b> split (split hash <code>{}</code>).</p>",
+                 len(rows), first["split"], first["split_hash"])
     histories = {r.name: pd.read_csv(r.history_file) for r in runs if r.history_file.exists()}
-    curves = (html_image(plots.training_curves(histories), "training curves of all runs") if histories
-              else html_note("None of the runs has a history.csv."))
-    sections = [("table", "Runs", html_table(_display_rows(table), DISPLAY_HEADER)
-                 + html_note("Accuracy in brackets: bootstrap 95 % interval. Blank: not applicable to the run.")),
-                ("curves", "Training curves", curves)]
+    curves = (image(plots.training_curves(histories), "training curves of all runs") if histories
+              else note("None of the runs has a history.csv."))
+    sections = [Section("table", "Runs", join(table(_display_rows(rows), DISPLAY_HEADER), note(
+                    "Accuracy in brackets: bootstrap 95 % interval. Blank: not applicable to the run."))),
+                Section("curves", "Training curves", curves)]
     out = Path(out)
-    out.write_text(html_page("zoomorph run comparison", intro, sections), encoding="utf-8")
+    out.write_text(page("zoomorph run comparison", intro, sections), encoding="utf-8")
     return out
 
 

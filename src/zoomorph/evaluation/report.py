@@ -6,36 +6,24 @@ file can be mailed or archived alone: it references nothing outside itself.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
+from markupsafe import Markup
 
 from zoomorph.data.dataset import SKIPPED_FILE, PreparedData
 from zoomorph.evaluation import plots
 from zoomorph.evaluation.evaluate import VARIANT_TITLES, evaluate_run, summary_rows
+from zoomorph.evaluation.html import Section, image, join, note, page, table, text
 from zoomorph.evaluation.saliency import activations, grad_cam
 from zoomorph.inference import to_input
 from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS, QUESTION_OF
 
 SALIENCY_PER_CLASS = 2  # the most confident right and the most confident wrong prediction
-
-STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { border-bottom: 2px solid #446; } h2 { color: #335; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.92em; }
-th, td { border: 1px solid #ccd; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; } th { background: #eef; }
-img { max-width: 100%; display: block; margin: 0.5em 0; }
-.note { color: #666; font-style: italic; }
-"""
-
 
 def write_report(run: Run | Path, out: Path | None = None) -> Path:
     """Write the run's report (default RUN/report.html); evaluates the run first if it never was."""
@@ -46,49 +34,24 @@ def write_report(run: Run | Path, out: Path | None = None) -> Path:
     preds_path = run.predictions_file(metrics["split"])
     predictions = pd.read_parquet(preds_path) if preds_path.exists() else None
     sections = [
-        ("configuration", "Configuration", _configuration(cfg, run.summary())),
-        ("data", "Data", _data_summary(data)),
-        ("training", "Training curves", _training(run.history_file)),
-        ("metrics", "Metrics", _metrics(metrics)),
-        ("confusion", "Confusion matrix", _confusion(metrics)),
-        ("calibration", "Calibration", _calibration(metrics)),
-        ("samples", "Sample galaxies", _samples(data, predictions)),
-        ("saliency", "Saliency: what the network looks at", _saliency(run, data, predictions)),
+        Section("configuration", "Configuration", _configuration(cfg, run.summary())),
+        Section("data", "Data", _data_summary(data)),
+        Section("training", "Training curves", _training(run.history_file)),
+        Section("metrics", "Metrics", _metrics(metrics)),
+        Section("confusion", "Confusion matrix", _confusion(metrics)),
+        Section("calibration", "Calibration", _calibration(metrics)),
+        Section("samples", "Sample galaxies", _samples(data, predictions)),
+        Section("saliency", "Saliency: what the network looks at", _saliency(run, data, predictions)),
     ]
     title = f"zoomorph run {run.name}: {cfg.model} ({cfg.head})"
-    intro = (f"<p>Evaluated on the <b>{html.escape(metrics['split'])}</b> split ({metrics['n']:,} galaxies, "
-             f"split hash <code>{html.escape(str(metrics['split_hash']))}</code>), "
-             f"{html.escape(metrics['evaluated']['at'])}.</p>")
+    intro = text("<p>Evaluated on the <b>{}</b> split ({:,} galaxies, split hash <code>{}</code>), {}.</p>",
+                 metrics["split"], metrics["n"], metrics["split_hash"], metrics["evaluated"]["at"])
     out = Path(out) if out else run.report_file
-    out.write_text(html_page(title, intro, sections), encoding="utf-8")
+    out.write_text(page(title, intro, sections), encoding="utf-8")
     return out
 
 
-def html_page(title: str, intro: str, sections: list[tuple[str, str, str]]) -> str:
-    """A complete page: intro HTML, then one <section id=key> per (key, heading, content HTML)."""
-    body = "\n".join(f'<section id="{key}">\n<h2>{html.escape(heading)}</h2>\n{content}\n</section>'
-                     for key, heading, content in sections)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            f"<h1>{html.escape(title)}</h1>\n{intro}\n{body}\n</body>\n</html>\n")
-
-
-def html_image(fig: Figure, alt: str) -> str:
-    encoded = base64.b64encode(plots.png_bytes(fig)).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
-
-
-def html_note(text: str) -> str:
-    return f'<p class="note">{html.escape(text)}</p>'
-
-
-def html_table(rows: list[list], header: list[str]) -> str:
-    cells = lambda row, tag: "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in row)  # noqa: E731
-    body = "\n".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
-    return f"<table>\n<tr>{cells(header, 'th')}</tr>\n{body}\n</table>"
-
-
-def _configuration(cfg: RunConfig, summary: dict) -> str:
+def _configuration(cfg: RunConfig, summary: dict) -> Markup:
     settings = {"model": cfg.model, "head": cfg.head, "input size (px)": cfg.image_size,
                 "field of view (Kaggle px)": cfg.fov, "label preset": cfg.preset, "prepared data": cfg.data,
                 "split hash": cfg.split_hash, "classes": ", ".join(cfg.classes) if cfg.head == "classes" else
@@ -96,95 +59,95 @@ def _configuration(cfg: RunConfig, summary: dict) -> str:
     settings.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cfg.extra.items()})
     outcome = {k: f"{v:,.4g}" if isinstance(v, float) else v for k, v in summary.items()
                if not isinstance(v, (dict, list))}
-    text = html_table([[k, v] for k, v in settings.items()], ["setting", "value"])
+    parts = [table([[k, v] for k, v in settings.items()], ["setting", "value"])]
     if outcome:
-        text += "\n<h3>Training outcome</h3>\n" + html_table([[k, v] for k, v in outcome.items()], ["summary", "value"])
-    return text
+        parts += [text("<h3>Training outcome</h3>"), table([[k, v] for k, v in outcome.items()], ["summary", "value"])]
+    return join(*parts)
 
 
-def _data_summary(data: PreparedData | None) -> str:
+def _data_summary(data: PreparedData | None) -> Markup:
     if data is None:
-        return html_note("The prepared data folder is no longer where the evaluation found it.")
-    table = data.table
-    counts = pd.crosstab(table["label"].fillna("(unassigned)"), table["split"], margins=True, margins_name="all")
-    text = (f"<p>{len(table):,} images in <code>{html.escape(str(data.root))}</code>, "
-            f"{data.image_size} px, preset <b>{html.escape(str(data.preset_name))}</b>.</p>"
-            "\n<h3>Images per class and split</h3>\n"
-            + html_table([[name, *row] for name, row in zip(counts.index, counts.to_numpy().tolist())],
-                     ["class", *counts.columns]))
+        return note("The prepared data folder is no longer where the evaluation found it.")
+    catalog = data.table
+    counts = pd.crosstab(catalog["label"].fillna("(unassigned)"), catalog["split"], margins=True,
+                         margins_name="all")
+    parts = [text("<p>{:,} images in <code>{}</code>, {} px, preset <b>{}</b>.</p>\n<h3>Images per class and "
+                  "split</h3>", len(catalog), data.root, data.image_size, data.preset_name),
+             table([[name, *row] for name, row in zip(counts.index, counts.to_numpy().tolist())],
+                   ["class", *counts.columns])]
     skipped_path = data.root / SKIPPED_FILE
     if skipped_path.exists():
         report = pd.read_csv(skipped_path, dtype=str).fillna("")
         skipped = report[report["action"] == "skipped"]
-        text += (f"\n<h3>Skipped inputs</h3>\n<p>{len(skipped):,} inputs were skipped and "
-                 f"{int((report['action'] == 'converted').sum()):,} converted (details: "
-                 f"<code>{html.escape(str(skipped_path))}</code>).</p>")
+        parts.append(text("<h3>Skipped inputs</h3>\n<p>{:,} inputs were skipped and {:,} converted (details: "
+                          "<code>{}</code>).</p>", len(skipped), int((report["action"] == "converted").sum()),
+                          skipped_path))
         if len(skipped):
             reasons = skipped.groupby(["stage", "reason"]).size().reset_index().to_numpy().tolist()
-            text += "\n" + html_table(reasons, ["stage", "reason", "items"])
-    return text
+            parts.append(table(reasons, ["stage", "reason", "items"]))
+    return join(*parts)
 
 
-def _training(history_path: Path) -> str:
+def _training(history_path: Path) -> Markup:
     if not history_path.exists():
-        return html_note("No history.csv: the run was not trained by zoomorph or is incomplete.")
-    return html_image(plots.training_curves(pd.read_csv(history_path)), "training curves")
+        return note("No history.csv: the run was not trained by zoomorph or is incomplete.")
+    return image(plots.training_curves(pd.read_csv(history_path)), "training curves")
 
 
-def _metrics(metrics: dict) -> str:
+def _metrics(metrics: dict) -> Markup:
     variants = metrics["variants"]
     header = ["metric", *(VARIANT_TITLES.get(v, v) for v in variants)]
-    text = (html_table([[label, *values] for label, values in summary_rows(metrics)], header)
-            + html_note("In brackets: bootstrap 95 % confidence intervals (percentile, resampling the galaxies)."))
+    parts = [table([[label, *values] for label, values in summary_rows(metrics)], header),
+             note("In brackets: bootstrap 95 % confidence intervals (percentile, resampling the galaxies).")]
     plain = variants["plain"]
     if plain.get("per_class"):
         auc = plain.get("roc_auc", {})
         rows = [[name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", s["support"],
                  "-" if auc.get(name) is None else f"{auc[name]:.3f}"]
                 for name, s in plain["per_class"].items() if s["support"] or s["precision"]]
-        text += "\n<h3>Per class (plain)</h3>\n" + html_table(rows, ["class", "precision", "recall", "F1", "galaxies",
-                                                                 "ROC-AUC"])
+        parts += [text("<h3>Per class (plain)</h3>"),
+                  table(rows, ["class", "precision", "recall", "F1", "galaxies", "ROC-AUC"])]
     if "rmse_per_question" in plain:
         rows = [[q, *(f"{v['rmse_per_question'][q]:.4f}" for v in variants.values())]
                 for q in plain["rmse_per_question"]]
-        text += "\n<h3>RMSE per Galaxy Zoo question</h3>\n" + html_table(rows, ["question", *header[1:]])
-    return text
+        parts += [text("<h3>RMSE per Galaxy Zoo question</h3>"), table(rows, ["question", *header[1:]])]
+    return join(*parts)
 
 
-def _confusion(metrics: dict) -> str:
-    figures = [html_image(plots.confusion_figure(v["confusion"], v["classes"], VARIANT_TITLES.get(name, name)),
+def _confusion(metrics: dict) -> Markup:
+    figures = [image(plots.confusion_figure(v["confusion"], v["classes"], VARIANT_TITLES.get(name, name)),
                       f"confusion matrix ({name})")
                for name, v in metrics["variants"].items() if "confusion" in v]
-    return "\n".join(figures) or html_note("This run has no classes to confuse (votes without a label preset).")
+    return join(*figures) if figures else note("This run has no classes to confuse (votes without a label preset).")
 
 
-def _calibration(metrics: dict) -> str:
-    figures = [html_image(plots.reliability_diagram(v["reliability"], v["ece"],
+def _calibration(metrics: dict) -> Markup:
+    figures = [image(plots.reliability_diagram(v["reliability"], v["ece"],
                                                 f"Calibration, {VARIANT_TITLES.get(name, name)}"),
                       f"reliability diagram ({name})")
                for name, v in metrics["variants"].items() if "reliability" in v]
     if not figures:
-        return html_note("Calibration needs class probabilities; a votes run predicts fractions instead.")
-    return ("<p>How far the predicted probability of the top class can be trusted: bars on the diagonal "
-            "mean a galaxy given 80 % is right 80 % of the time.</p>\n" + "\n".join(figures))
+        return note("Calibration needs class probabilities; a votes run predicts fractions instead.")
+    return join(text("<p>How far the predicted probability of the top class can be trusted: bars on the diagonal "
+                     "mean a galaxy given 80 % is right 80 % of the time.</p>"), *figures)
 
 
-def _samples(data: PreparedData | None, predictions: pd.DataFrame | None) -> str:
+def _samples(data: PreparedData | None, predictions: pd.DataFrame | None) -> Markup:
     if data is None:
-        return html_note("The prepared data folder is not available.")
-    parts = [html_image(plots.class_samples(data), "random galaxies per class")]
+        return note("The prepared data folder is not available.")
+    parts = [image(plots.class_samples(data), "random galaxies per class")]
     if predictions is not None and "confidence" in predictions:
         for kind, title in plots.EXAMPLE_KINDS.items():
             if kind == "confident_wrong" and (predictions["label"] == predictions["pred"]).all():
-                parts.append(html_note(f"{title}: none, every galaxy of this split was classified correctly."))
+                parts.append(note(f"{title}: none, every galaxy of this split was classified correctly."))
             else:
-                parts.append(html_image(plots.prediction_examples(data, predictions, kind), title))
-    return "\n".join(parts)
+                parts.append(image(plots.prediction_examples(data, predictions, kind), title))
+    return join(*parts)
 
 
-def _saliency(run: Run, data: PreparedData | None, predictions: pd.DataFrame | None) -> str:
+def _saliency(run: Run, data: PreparedData | None, predictions: pd.DataFrame | None) -> Markup:
     if data is None or predictions is None or predictions.empty:
-        return html_note("Saliency needs the prepared data and the predictions of an evaluation.")
+        return note("Saliency needs the prepared data and the predictions of an evaluation.")
     model, cfg = run.load_model("cpu"), run.config
     examples = _saliency_examples(predictions)
     images = [data.images[r] for r in examples["row"]]
@@ -199,11 +162,11 @@ def _saliency(run: Run, data: PreparedData | None, predictions: pd.DataFrame | N
         cams.append(grad_cam(model, x, target))
         captions.append(f"id {ex['id']}, true {'unassigned' if pd.isna(ex['label']) else ex['label']}\n{why}")
     acts = activations(model, inputs[0])
-    return ("<p>Grad-CAM (Selvaraju et al. 2017) on the last convolution layer: red marks the regions that "
-            "raise the explained output.</p>\n"
-            + html_image(plots.grad_cam_overlays(images, cams, captions), "Grad-CAM overlays")
-            + "\n<h3>Activations</h3>\n"
-            + html_image(plots.activation_tiles(acts, images[0]), "activations of the first conv layers"))
+    return join(text("<p>Grad-CAM (Selvaraju et al. 2017) on the last convolution layer: red marks the regions "
+                     "that raise the explained output.</p>"),
+                image(plots.grad_cam_overlays(images, cams, captions), "Grad-CAM overlays"),
+                text("<h3>Activations</h3>"),
+                image(plots.activation_tiles(acts, images[0]), "activations of the first conv layers"))
 
 
 def _saliency_examples(predictions: pd.DataFrame) -> pd.DataFrame:
