@@ -8,17 +8,13 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
-from predict_toys import make_run, toy_model, write_images
+from predict_toys import make_run, write_images
 
 from zoomorph import runs
 from zoomorph.predict import engine, export_onnx, predict
 
-pytestmark = pytest.mark.slow  # each export traces the model with torch.export (~5 s)
-
-
-@pytest.fixture(autouse=True)
-def toys(monkeypatch):
-    monkeypatch.setattr(runs, "build_model", toy_model)
+# each export traces the model with torch.export (~5 s); runs build predict_toys' models
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("toys")]
 
 
 def test_export_has_dynamic_uint8_batch_and_sidecar(tmp_path):

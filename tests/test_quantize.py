@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
-from predict_toys import make_run as make_toy_run, toy_model, write_images
+from predict_toys import make_run as make_toy_run, write_images
 from tiny_runs import make_run, prepared_folder
 from typer.testing import CliRunner
 
@@ -58,9 +58,6 @@ def test_int8_export_calibrates_on_training_images_and_checks_on_validation(tmp_
     assert gap.mean() < 0.05 and not np.array_equal(quantised.loc[ok, values], exact.loc[ok, values])
 
 
-@pytest.fixture
-def toys(monkeypatch):
-    monkeypatch.setattr(runs, "build_model", toy_model)
 
 
 def test_int8_without_training_images_needs_calibration_and_is_redone_for_new_weights(tmp_path, toys):
