@@ -1,7 +1,7 @@
 """How fast predict() classifies JPEG files, and whether its memory stays flat.
 
     PYTHONPATH=src python benchmarks/predict_throughput.py [--model convnet-lite] [--size PX] [--run RUN]
-                                                           [--inputs 20000] [--large 100000]
+                                                           [--inputs 20000] [--large 100000] [--fov-only]
 
 Uses the 1,197 real Kaggle test images (../shared/data/gz-kaggle-test), listed
 over and over to reach --inputs sources, and an untrained model (the weights do
@@ -9,6 +9,9 @@ not change the speed; --run measures a trained run folder instead, on a copy).
 Prints:
   * end to end: JPEG files -> Parquet, images/s, --inputs sources, with each
     backend (torch, onnx, onnx-int8; on a CPU the default, auto, is onnx);
+  * fixed vs auto field of view side by side: the same run with fov "auto" (each
+    galaxy measured, zoomorph.io.extent), end to end with the default backend, and
+    decoding only (--fov-only: just these, and the load average);
   * the same against a naive loop (PIL full decode, crop, resize, one image per model call),
     its fastest of three passes;
   * inference only: torch vs onnxruntime (float32 and int8) on one decoded batch;
@@ -39,7 +42,7 @@ import torch
 from PIL import Image
 
 from zoomorph.inference import PixelModel, onnx_forward, outputs_to_probs, to_input
-from zoomorph.io.decode import DEFAULT_FOV, KAGGLE_SIZE, decode_batch, default_workers, fov_crop, load
+from zoomorph.io.decode import AUTO, DEFAULT_FOV, KAGGLE_SIZE, Fov, decode_batch, default_workers, fov_crop, load
 from zoomorph.io.sources import input_sources
 from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict
@@ -51,12 +54,21 @@ from zoomorph.training import DEFAULT_MODEL
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-test"
 
 
-def make_run(root: Path, model: str, size: int | None = None) -> Path:
+def make_run(root: Path, model: str, size: int | None = None, fov: Fov = DEFAULT_FOV, name: str = "run") -> Path:
     cfg = RunConfig(model=model, head="classes", classes=["elliptical", "spiral", "other"],
-                    image_size=size or model_spec(model).default_image_size, fov=DEFAULT_FOV)
-    cfg.save(root / "run")
-    Run(root / "run", cfg).save_weights(build_model(cfg))
-    return root / "run"
+                    image_size=size or model_spec(model).default_image_size, fov=fov)
+    cfg.save(root / name)
+    Run(root / name, cfg).save_weights(build_model(cfg))
+    return root / name
+
+
+def auto_twin(run: Path, root: Path) -> Path:
+    """The same run (config and weights) with fov "auto": what only the field of view changes."""
+    cfg = RunConfig.load(run)
+    cfg.fov = AUTO
+    cfg.save(root / "run-auto")
+    shutil.copy(Run.open(run).weights_file, root / "run-auto")
+    return root / "run-auto"
 
 
 def copy_run(run: Path, root: Path) -> Path:
@@ -194,6 +206,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=100_000, help="inputs for the memory comparison")
     parser.add_argument("--naive", type=int, default=1000, help="images per pass of the naive loop")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: predict's)")
+    parser.add_argument("--fov-only", action="store_true", help="only fixed vs auto fov, end to end and decoding")
     args = parser.parse_args()
     if not IMAGES.exists():
         raise SystemExit(f"{IMAGES} not found: the benchmark needs the real Kaggle test images")
@@ -208,6 +221,21 @@ def main() -> None:
         print(f"model {cfg.model} at {cfg.image_size} px, fov {cfg.fov}/{KAGGLE_SIZE}; {os.cpu_count()} cores: "
               f"{default_workers(args.workers)} worker processes (each decodes and predicts, one thread); "
               f"{len(list(input_sources(str(IMAGES))))} distinct JPEGs", flush=True)
+        twin = auto_twin(run, Path(tmp))
+        export_onnx(twin)
+        default = chosen_backend("auto", "local", 0)
+        load_before = os.getloadavg()[0]
+        by_fov = {fov: fresh("predict_speed", str(r), args.inputs, str(Path(tmp) / f"fov-{fov}.parquet"), default,
+                             args.workers) for fov, r in ((cfg.fov, run), (AUTO, twin))}
+        decoding_by_fov = {fov: fresh("decode_only", str(r), args.inputs)["result"]
+                           for fov, r in ((cfg.fov, run), (AUTO, twin))}
+        print(f"fixed vs auto fov, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after (1 min):")
+        for fov, r in by_fov.items():
+            print(f"  fov {str(fov):5} end to end, {default} backend, {args.inputs:,} inputs: "
+                  f"{r['result']['images_per_s']:5.0f} img/s ({r['seconds']:.0f} s wall); "
+                  f"decoding only, all cores: {decoding_by_fov[fov]:.0f} img/s", flush=True)
+        if args.fov_only:
+            return
         runs = {backend: fresh("predict_speed", str(run), args.inputs, str(Path(tmp) / f"{backend}.parquet"),
                                backend, args.workers)
                 for backend in BACKENDS}

@@ -11,6 +11,9 @@ from zoomorph.data.augment import (
     scale_augment,
     seed_augment,
     sky_level,
+    sky_sigma,
+    survey_augment,
+    translate,
     zoom,
 )
 
@@ -187,3 +190,43 @@ def test_build_augment_by_name():
 def test_geometric_augmentation_needs_square_images():
     with pytest.raises(ValueError):
         kaggle_augment(torch.rand(2, 3, 16, 24))
+
+
+def test_survey_augment_is_deterministic_for_a_seeded_generator_and_changes_the_images():
+    x = blob(12).expand(8, 3, 64, 64) * 0.8 + 0.02 * images(n=8, side=64)
+    first = survey_augment(x, torch.Generator().manual_seed(7))
+    again = survey_augment(x, torch.Generator().manual_seed(7))
+    other = survey_augment(x, torch.Generator().manual_seed(8))
+    assert torch.equal(first, again) and not torch.allclose(first, other, atol=1e-3)
+    assert first.shape == x.shape and first.min() >= 0 and first.max() <= 1
+    assert all(not torch.allclose(o, i, atol=0.02) for o, i in zip(first, x))
+    as_bytes = survey_augment((x * 255).to(torch.uint8), torch.Generator().manual_seed(7))
+    assert as_bytes.dtype == torch.uint8
+    scaled = build_augment("survey", generator=torch.Generator().manual_seed(7))(x)
+    assert torch.equal(scaled, first)
+
+
+def test_survey_augment_draws_each_of_its_shifts():
+    x = blob(12).expand(64, 3, 64, 64) * 0.8 + 0.01 * images(n=64, side=64)
+    geometry_off = dict(rotation=0.0, shift=0.0, zoom_range=(1.0, 1.0), flip=False, colour=0.0)
+    g = torch.Generator().manual_seed(1)
+    # noise only: the sky noise grows, by different amounts per image
+    noisy = survey_augment(x, g, **geometry_off, blur_share=0.0, resolutions=(1.0,), sky=0.0, grey_share=0.0)
+    growth = (sky_sigma(noisy) / sky_sigma(x)).flatten()
+    assert growth.max() > 2 and growth.std() > 0.3
+    # grey only, for every image
+    grey = survey_augment(x, g, **geometry_off, blur_share=0.0, resolutions=(1.0,), noise=0.0, sky=0.0,
+                          grey_share=1.0)
+    assert torch.allclose(grey[:, 0], grey[:, 2], atol=1e-6)
+    # blur only, for every image: sharp edges soften
+    blurred = survey_augment(blob(12).expand(64, 3, 64, 64), g, **geometry_off, blur=1.5, blur_share=1.0,
+                             resolutions=(1.0,), noise=0.0, sky=0.0, grey_share=0.0)
+    assert (blurred[:, 0].diff(dim=-1).abs().amax(dim=(1, 2)) < 0.75).float().mean() > 0.5
+
+
+def test_translate_moves_an_image_by_the_offset():
+    x = blob(6)
+    out = translate(x, torch.tensor([[0.25, -0.125]]))
+    moved = (out[0, 0] > 0.5).nonzero().float().mean(0)
+    here = (x[0, 0] > 0.5).nonzero().float().mean(0)
+    assert torch.allclose(moved - here, torch.tensor([-8.0, 16.0]), atol=0.5)  # (row, column): up 8, right 16

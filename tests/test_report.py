@@ -8,7 +8,7 @@ from zoomorph.evaluation.evaluate import evaluate_run
 from zoomorph.evaluation.report import write_report
 from zoomorph.runs import Run
 
-SECTIONS = {"configuration", "data", "training", "metrics", "confusion", "calibration", "samples", "saliency"}
+SECTIONS = {"configuration", "data", "training", "metrics", "shifts", "confusion", "calibration", "samples", "saliency"}
 
 
 class Page(HTMLParser):

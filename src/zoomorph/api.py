@@ -18,7 +18,7 @@ from zoomorph.labels import DEFAULT_PRESET, Labels, assign, get_preset
 from zoomorph.models import ModelSpec, list_models, model_spec
 
 __all__ = ["PrepareSummary", "compare", "demo", "evaluate", "export", "label_solutions", "models", "predict",
-           "prepare", "report", "synth", "train"]
+           "prepare", "report", "serve", "synth", "train"]
 
 
 def synth(out: Path, n: int = 1000, *, seed: int = 0, size: int = 424, workers: int | None = None) -> Path:
@@ -68,9 +68,10 @@ def label_solutions(solutions: Path, preset: str = "hubble", *, conflicts: str =
 
 
 def prepare(images: Path, labels: Path | None, out: Path, *, model: str | None = None, preset: str = DEFAULT_PRESET,
-            conflicts: str = "exclude", min_share: float = 0.8, size: int | None = None, fov: int | None = None,
+            conflicts: str = "exclude", min_share: float = 0.8, size: int | None = None,
+            fov: int | str | None = None,
             val: float = 0.2, test: float = 0.0, seed: int = 0, workers: int | None = None,
-            progress: bool = True) -> PrepareSummary:
+            progress: bool = True, split_file: Path | None = None) -> PrepareSummary:
     """Labels + stratified split + uint8 image cache in one step (zoomorph.data.prepare.prepare).
 
     Args:
@@ -80,9 +81,11 @@ def prepare(images: Path, labels: Path | None, out: Path, *, model: str | None =
         model: prepare for this registered model: its default image size and field of view
             (e.g. 150 px of the central 150 px for the seed models) unless size / fov are given.
         size, fov: the cached side in pixels, and the central crop in Kaggle (424 px) pixels;
-            default 64 and 256.
+            default 64 and 256. fov "auto": each galaxy's own extent (docs/other-surveys.md).
         preset, conflicts, min_share: how vote fractions become classes (docs/labels.md).
         val, test, seed: the split; workers: decoding processes (None: one per core, 0: none).
+        split_file: an explicit split manifest (id, split) used as given instead of val/test/seed (a
+            cross-validation fold); galaxies it does not list are left out (reported in skipped.csv).
 
     Returns:
         the prepared data, the accounting of every input, whether the cache was reused, warnings.
@@ -92,7 +95,7 @@ def prepare(images: Path, labels: Path | None, out: Path, *, model: str | None =
         size, fov = size or spec.default_image_size, fov or spec.default_fov
     return preparing.prepare(images, labels, out, preset=preset, conflicts=conflicts, min_share=min_share,
                              size=size or preparing.DEFAULT_SIZE, fov=fov or preparing.DEFAULT_FOV, val=val,
-                             test=test, seed=seed, workers=workers, progress=progress)
+                             test=test, seed=seed, workers=workers, progress=progress, split_file=split_file)
 
 
 def train(data: Path, model: str | None = None, *, head: str = "classes", out: Path | None = None,
@@ -101,7 +104,8 @@ def train(data: Path, model: str | None = None, *, head: str = "classes", out: P
           resume: bool = True, val_loss_stop: float | None = None, patience: int | None = None,
           accelerator: str = "auto", devices="auto", num_nodes: int = 1, strategy: str = "auto",
           precision: str | None = None, max_minutes: float | None = None, progress: bool = True,
-          callbacks: list | tuple = ()):
+          callbacks: list | tuple = (), init: Path | None = None, freeze_epochs: int = 0, freeze_blocks: int = 0,
+          backbone_lr_mult: float | None = None):
     """Train a registered model on a prepared folder (zoomorph.training.train).
 
     Args:
@@ -117,17 +121,24 @@ def train(data: Path, model: str | None = None, *, head: str = "classes", out: P
         accelerator, devices, num_nodes, strategy, precision: as Lightning's Trainer takes them.
         max_minutes: stop after this long (the best checkpoint so far is exported).
         callbacks: extra Lightning callbacks.
+        init: finetune: start from this trained run's backbone (same model; `model` None takes its model),
+            with a fresh head for this data (docs/training.md, "Finetuning a trained run").
+        freeze_epochs: with init, keep the backbone as it is for the first N epochs.
+        freeze_blocks: with init, never train the backbone's first N blocks.
+        backbone_lr_mult: with init, the backbone's learning rate over the head's (default 0.1).
 
     Returns:
         TrainResult: the run folder and its summary (best epoch, validation accuracy, images/s).
     """
     from zoomorph.training import DEFAULT_MODEL, train as run_train
 
-    return run_train(data, model=model or DEFAULT_MODEL, head=head, run_dir=out, epochs=epochs,
+    return run_train(data, model=model or (None if init else DEFAULT_MODEL), head=head, run_dir=out, epochs=epochs,
                      batch_size=batch_size, lr=lr, augment=augment, balance=balance, seed=seed,
                      deterministic=deterministic, resume=resume, val_loss_stop=val_loss_stop, patience=patience,
                      accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                     precision=precision, max_minutes=max_minutes, progress=progress, callbacks=callbacks)
+                     precision=precision, max_minutes=max_minutes, progress=progress, callbacks=callbacks,
+                     init=init, freeze_epochs=freeze_epochs, freeze_blocks=freeze_blocks,
+                     backbone_lr_mult=backbone_lr_mult)
 
 
 def demo(out: Path = Path("demo"), n: int = 1500, epochs: int | None = 15, model: str | None = None,
@@ -160,7 +171,8 @@ def demo(out: Path = Path("demo"), n: int = 1500, epochs: int | None = 15, model
             "summary": result.summary, "seconds": time.perf_counter() - started}
 
 
-def evaluate(run_dir: Path, data: Path | None = None, split: str = "val", tta: bool = False) -> dict:
+def evaluate(run_dir: Path, data: Path | None = None, split: str = "val", tta: bool = False,
+             shifts: bool = False) -> dict:
     """Score a trained run on a split; writes RUN/metrics.json and RUN/predictions_<split>.parquet.
 
     Args:
@@ -168,13 +180,15 @@ def evaluate(run_dir: Path, data: Path | None = None, split: str = "val", tta: b
         data: the prepared folder to score on; default the one the run was trained on.
         split: "val", "test" or "train".
         tta: also score the average over the 8 dihedral views.
+        shifts: also score the survey-shift suite (metrics["shifts"]; docs/evaluation.md#survey-shifts):
+            the split's source images re-read at full resolution and shifted as other surveys deliver them.
 
     Returns:
         the metrics: accuracy and balanced accuracy with 95% intervals, per class, confusion, zoom check.
     """
     from zoomorph.evaluation.evaluate import evaluate_run
 
-    return evaluate_run(Path(run_dir), Path(data) if data else None, split=split, tta=tta)
+    return evaluate_run(Path(run_dir), Path(data) if data else None, split=split, tta=tta, shifts=shifts)
 
 
 def report(run_dir: Path, out: Path | None = None) -> Path:
@@ -251,3 +265,40 @@ def export(run_dir: Path, out: Path | None = None, *, int8: bool = False, calibr
     from zoomorph.predict import export_onnx
 
     return export_onnx(Path(run_dir), Path(out) if out else None, int8=int8, calibration=calibration)
+
+
+def serve(run: Path, host: str = "127.0.0.1", port: int = 8000, *, backend: str = "auto", preset: str | None = None,
+          batch_size: int = 64, max_wait_ms: float = 5.0, max_upload_mb: float = 32.0, max_images: int = 64,
+          max_pixels: int = 25_000_000, max_mc_samples: int = 32, max_saliency: int = 16, queue: int = 128,
+          timeout_s: float = 30.0, log_level: str = "info") -> None:
+    """Serve a run over HTTP: the page at /, POST /v1/classify, GET /v1/model (docs/serving.md).
+
+    Needs the serve extra (`pip install 'zoomorph[serve]'`): MissingExtra says so when it is missing.
+
+    Args:
+        run: a trained run folder; its model is loaded once (a damaged one fails before the port opens).
+        host, port: where to listen (127.0.0.1: this machine only; put a reverse proxy in front for others).
+        backend: "auto" (as predict: ONNX on a CPU, exported into the run folder on first use), "torch",
+            "onnx" or "onnx-int8".
+        preset: for a votes run, the preset that derives each answer's class (default: the run's, or hubble).
+        batch_size, max_wait_ms: the most images per model call, and how long a batch waits for more.
+        max_upload_mb, max_images, max_pixels, max_mc_samples, max_saliency, queue, timeout_s: the limits
+            (zoomorph.serve.limits.Limits): body size, images per request, pixels per image, MC samples and
+            Grad-CAM images per request, requests in the server at once (more get 503), seconds to send a
+            body (408) and to answer it (503).
+        log_level: uvicorn's, and that of the one line logged per request.
+
+    Returns:
+        None, when the server is stopped (Ctrl-C).
+    """
+    from zoomorph.serve import require_extra
+
+    require_extra()
+    from zoomorph.serve.app import create_app, run_server
+    from zoomorph.serve.limits import Limits
+    from zoomorph.serve.model import ServedModel
+
+    limits = Limits(max_upload_mb=max_upload_mb, max_images=max_images, max_pixels=max_pixels,
+                    max_mc_samples=max_mc_samples, max_saliency=max_saliency, queue=queue, timeout_s=timeout_s)
+    app = create_app(ServedModel(Path(run), backend=backend, preset=preset), limits, batch_size, max_wait_ms)
+    run_server(app, host, port, log_level)

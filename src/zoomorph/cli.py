@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from zoomorph.errors import DiskFull, ZoomorphError
@@ -34,7 +35,7 @@ def _table(title: str, rows: dict, key: str = "what", value: str = "count") -> T
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}")
+    console.print(f"[red]error:[/red] {escape(str(err))}")  # escaped: "zoomorph[serve]" is no markup
     raise typer.Exit(2)
 
 
@@ -101,12 +102,18 @@ def prepare(images: Path = typer.Argument(..., help="image folder, Kaggle zip, o
             model: Optional[str] = typer.Option(None, "--model", "-m", help="prepare for this registered model: "
                                                 "its default size and field of view"),
             size: Optional[int] = typer.Option(None, help="cached image side, pixels (default 64, or the model's)"),
-            fov: Optional[int] = typer.Option(None, help="central crop side in Kaggle (424 px) pixels "
+            fov: Optional[str] = typer.Option(None, help="central crop side in Kaggle (424 px) pixels "
                                                          "(default 256: 4 x 64 px decodes fastest; or "
-                                                         "the model's)"),
+                                                         "the model's), or 'auto': each galaxy's own, a "
+                                                         "square of a fixed multiple of its measured R90 "
+                                                         "about its centre, sky-filled past the frame "
+                                                         "(docs/other-surveys.md)"),
             val: float = typer.Option(0.2, help="validation fraction"),
             test: float = typer.Option(0.0, help="test fraction"),
             seed: int = typer.Option(0, help="split seed"),
+            split_file: Optional[Path] = typer.Option(None, "--split", help="split manifest (id,split) to use as "
+                                                      "given instead of --val/--test/--seed; galaxies it does "
+                                                      "not list are left out"),
             workers: Optional[int] = typer.Option(None, help="decode processes (default: one per core; "
                                                              "0: decode in this process)")) -> None:
     """Labels + stratified split + uint8 image cache, in one step."""
@@ -115,7 +122,8 @@ def prepare(images: Path = typer.Argument(..., help="image folder, Kaggle zip, o
 
     try:
         summary = run_prepare(images, labels_file, out, preset=preset, conflicts=conflicts, min_share=min_share,
-                              model=model, size=size, fov=fov, val=val, test=test, seed=seed, workers=workers)
+                              model=model, size=size, fov=fov, val=val, test=test, seed=seed, workers=workers,
+                              split_file=split_file)
     except PrepareRefused as err:  # the accounting still matters: it says why
         console.print(_table(f"not prepared: {out} (left as it was)", err.counts))
         console.print(f"skipped-items report: {err.report}")
@@ -136,7 +144,7 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
           epochs: Optional[int] = typer.Option(None, help="maximum epochs (default: the model's recipe)"),
           batch_size: Optional[int] = typer.Option(None, help="batch size (default: the model's recipe)"),
           lr: Optional[float] = typer.Option(None, help="learning rate (default: the model's recipe)"),
-          augment: Optional[str] = typer.Option(None, help="none | seed | kaggle | scale (default: recipe)"),
+          augment: Optional[str] = typer.Option(None, help="none | seed | kaggle | scale | survey (default: recipe)"),
           balance: str = typer.Option("sampler", help="class balance: sampler | weights | none"),
           val_loss_stop: Optional[float] = typer.Option(None, help="stop once val loss is below this"),
           patience: Optional[int] = typer.Option(None, help="early-stopping patience in epochs"),
@@ -149,7 +157,14 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
           num_nodes: int = typer.Option(1, help="nodes for multi-node DDP"),
           strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp"),
           precision: Optional[str] = typer.Option(None, help="e.g. 32-true, bf16-mixed (default: mixed on GPU)"),
-          max_minutes: Optional[float] = typer.Option(None, help="stop after this many minutes")) -> None:
+          max_minutes: Optional[float] = typer.Option(None, help="stop after this many minutes"),
+          init: Optional[Path] = typer.Option(None, "--init", help="finetune: start from this trained run's "
+                                              "backbone (same model; default --model: the run's), fresh head"),
+          freeze_epochs: int = typer.Option(0, help="with --init: keep the backbone as it is for the first N "
+                                                    "epochs (only the head learns)"),
+          freeze_blocks: int = typer.Option(0, help="with --init: never train the backbone's first N blocks"),
+          backbone_lr_mult: Optional[float] = typer.Option(None, help="with --init: the backbone's learning rate "
+                                                                      "over the head's (default 0.1)")) -> None:
     """Train a model on a prepared folder; re-running the same command resumes it."""
     from zoomorph.api import train as run_train
 
@@ -157,7 +172,9 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
                        lr=lr, augment=augment, balance=balance, val_loss_stop=val_loss_stop,
                        patience=patience, seed=seed, deterministic=deterministic, resume=not fresh,
                        accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
-                       num_nodes=num_nodes, strategy=strategy, precision=precision, max_minutes=max_minutes)
+                       num_nodes=num_nodes, strategy=strategy, precision=precision, max_minutes=max_minutes,
+                       init=init, freeze_epochs=freeze_epochs, freeze_blocks=freeze_blocks,
+                       backbone_lr_mult=backbone_lr_mult)
     _print_train_summary(result.summary, result.run_dir)
 
 
@@ -211,14 +228,19 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for 
 def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
              data: Optional[Path] = typer.Option(None, help="prepared folder (default: the one it trained on)"),
              split: str = typer.Option("val", help="val | test | all"),
-             tta: bool = typer.Option(False, help="also average over the 8 rotations/flips")) -> None:
+             tta: bool = typer.Option(False, help="also average over the 8 rotations/flips"),
+             shifts: bool = typer.Option(False, help="also the survey-shift suite: the images re-read at full "
+                                                     "resolution, blurred, noisier, zoomed, ... (docs/evaluation.md)")
+             ) -> None:
     """Accuracy, balanced accuracy with 95% intervals, per class, calibration (or Kaggle RMSE for votes)."""
     from zoomorph.api import evaluate as run_evaluate
-    from zoomorph.evaluation.evaluate import format_metrics_table
+    from zoomorph.evaluation.evaluate import format_metrics_table, format_shifts_table
     from zoomorph.runs import Run
 
-    metrics = run_evaluate(run, data, split=split, tta=tta)
+    metrics = run_evaluate(run, data, split=split, tta=tta, shifts=shifts)
     console.print(format_metrics_table(metrics))
+    if shifts:
+        console.print(format_shifts_table(metrics))
     console.print(f"metrics written to {Run.open(run).metrics_file}")
 
 
@@ -323,6 +345,32 @@ def export(run: Path = typer.Argument(..., help="run folder"),
     console.print(f"exported {path}")
     if int8:
         console.print(describe(json.loads(sidecar(path).read_text())["quantization"]))
+
+
+@app.command()
+@user_errors
+def serve(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"),
+          port: int = typer.Option(8000, help="port"),
+          backend: str = typer.Option("auto", help="auto (onnx on a CPU, else torch) | torch | onnx | onnx-int8"),
+          preset: Optional[str] = typer.Option(None, help="votes runs: the preset that derives the class"),
+          batch_size: int = typer.Option(64, help="most images per model call (dynamic batching)"),
+          max_wait_ms: float = typer.Option(5.0, help="how long a batch waits for more images"),
+          max_upload_mb: float = typer.Option(32.0, help="largest request body"),
+          max_images: int = typer.Option(64, help="most images per request"),
+          max_pixels: int = typer.Option(25_000_000, help="most pixels per image (decompression bombs)"),
+          max_mc_samples: int = typer.Option(32, help="most MC dropout samples a request may ask for"),
+          max_saliency: int = typer.Option(16, help="most Grad-CAM overlays per request"),
+          queue: int = typer.Option(128, help="requests in the server at once; more are answered 503"),
+          timeout_s: float = typer.Option(30.0, help="seconds to send a body (else 408) and to answer (else 503)"),
+          log_level: str = typer.Option("info", help="debug | info | warning")) -> None:
+    """Serve a run over HTTP: a web page at /, POST /v1/classify, GET /v1/model (pip install 'zoomorph[serve]')."""
+    from zoomorph.api import serve as run_serve
+
+    run_serve(run, host, port, backend=backend, preset=preset, batch_size=batch_size, max_wait_ms=max_wait_ms,
+              max_upload_mb=max_upload_mb, max_images=max_images, max_pixels=max_pixels,
+              max_mc_samples=max_mc_samples, max_saliency=max_saliency, queue=queue, timeout_s=timeout_s,
+              log_level=log_level)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import torch
 from zoomorph.errors import InputNotFound, ZoomorphError
 from zoomorph.files import replace_atomically
 from zoomorph.models import create_model
-from zoomorph.models.recipe import Recipe
+from zoomorph.models.recipe import Finetune, Recipe
 
 _CONFIG, _WEIGHTS, _HISTORY = "config.json", "model.pt", "history.csv"
 _SUMMARY, _METRICS = "summary.json", "metrics.json"
@@ -37,6 +37,7 @@ _GRAPH, _INT8_GRAPH = "model.onnx", "model.int8.onnx"
 # What training writes, and what is derived from the weights: `train --fresh` removes these before it starts.
 RUN_OUTPUTS = (_WEIGHTS, _HISTORY, "history.json", _SUMMARY, _METRICS, "predictions_*.parquet", _REPORT,
                _GRAPH, _INT8_GRAPH, "model*.onnx.json", _CHECKPOINTS, "logs")
+_FINETUNE_FIELDS = tuple(Finetune().to_dict())  # freeze_epochs, freeze_blocks, backbone_lr_mult
 RECORD = "zoomorph:run"  # key of the weights' own record in the state_dict's _metadata (no module has that name)
 
 
@@ -46,7 +47,7 @@ class RunConfig:
     head: str  # "classes" (N-way logits) or "votes" (37 Galaxy Zoo fractions)
     classes: list[str]  # class names for "classes"; the 37 answer columns for "votes"
     image_size: int  # model input side, pixels
-    fov: int  # central crop side, in Kaggle (424 px) pixels
+    fov: int | str  # central crop side, in Kaggle (424 px) pixels, or "auto" (zoomorph.io.decode.Fov)
     preset: str | None = None  # label preset the classes came from
     data: str | None = None  # prepared data folder it was trained on
     split_hash: str | None = None  # hash of the split manifest (compare refuses mismatches)
@@ -69,7 +70,12 @@ class RunConfig:
         settings |= {key: self.extra.get(key) for key in ("balance", "seed")}
         # the recipe in full (a run made before a field existed has today's default there), as JSON gives it
         recipe = Recipe.from_dict(self.extra.get("recipe") or {}).to_dict()
-        return _plain(settings | recipe)
+        # a finetuning run (train --init): the weights it started from (by digest: the parent may move), and
+        # how it trains them; None for a run trained from scratch
+        finetune = self.extra.get("finetune")
+        start = {"init": finetune["parent"]["weights_sha256"][:16] if finetune else None}
+        tuning = Finetune.from_dict(finetune).to_dict() if finetune else dict.fromkeys(_FINETUNE_FIELDS)
+        return _plain(settings | recipe | start | tuning)
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":

@@ -29,8 +29,19 @@ import zoomorph
 from zoomorph.data.augment import build_augment
 from zoomorph.data.datamodule import GalaxyDataModule
 from zoomorph.data.dataset import PreparedData
+from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation.robustness import zoom_robustness
 from zoomorph.files import replace_atomically
+from zoomorph.finetune import (
+    Finetune,
+    batchnorms_to_freeze,
+    drop_frozen_gradients,
+    freeze_blocks,
+    load_backbone,
+    open_parent,
+    param_groups,
+    parent_record,
+)
 from zoomorph.inference import to_input
 from zoomorph.models import create_model, model_spec
 from zoomorph.models.recipe import Recipe
@@ -44,12 +55,15 @@ class GalaxyModule(L.LightningModule):
     """A registered model with its loss, metrics, augmentation and optimiser."""
 
     def __init__(self, model: str, head: str, num_classes: int, image_size: int, recipe: dict,
-                 class_weights: list[float] | None = None, seed: int = 0):
+                 class_weights: list[float] | None = None, seed: int = 0, finetune: dict | None = None):
         super().__init__()
         self.save_hyperparameters()  # plain values (the recipe as a dict): checkpoints load without pickles
         self.recipe = Recipe.from_dict(recipe)
         self.net = create_model(model, head=head, num_classes=num_classes, image_size=image_size)
         self.net = self.net.to(memory_format=torch.channels_last)
+        self.finetune = Finetune.from_dict(finetune) if finetune is not None else None  # train(init=...)
+        if self.finetune:
+            freeze_blocks(self.net, self.finetune.freeze_blocks)
         self.augment = build_augment(self.recipe.augment)
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None)
         if head == "classes":
@@ -95,6 +109,16 @@ class GalaxyModule(L.LightningModule):
         """A seed of (seed, step, process, stream): the same draws on a rerun, its own in each DDP process."""
         return ((self.hparams.seed * 1_000_003 + self.global_step) * 1024 + self.global_rank) * 2 + stream
 
+    def on_train_epoch_start(self) -> None:
+        if self.finetune:  # frozen BatchNorm layers in eval mode, for this epoch (zoomorph.finetune says why)
+            self.net.train()
+            for bn in batchnorms_to_freeze(self.net, self.finetune, self.current_epoch):
+                bn.eval()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.finetune:
+            drop_frozen_gradients(self.net, self.finetune, self.current_epoch)
+
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # Dropout draws from the global generator, which Lightning and the data loaders also draw from
         # (differently after a resume): seeding it per step makes each step's masks depend on the step alone.
@@ -103,13 +127,15 @@ class GalaxyModule(L.LightningModule):
     def configure_optimizers(self):
         r = self.recipe
         kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[r.optimizer]
-        optimizer = kind(self.parameters(), lr=r.lr, betas=r.betas, eps=r.eps, weight_decay=r.weight_decay)
+        params = param_groups(self, self.net.backbone, r.lr, self.finetune) if self.finetune else self.parameters()
+        optimizer = kind(params, lr=r.lr, betas=r.betas, eps=r.eps, weight_decay=r.weight_decay)
         if r.scheduler is None:
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
         if r.scheduler == "onecycle":
             warmup = 0.2 if 0.2 * steps != 1 else 0.25  # OneCycleLR divides by zero for a one-step warm-up
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.lr, total_steps=steps,
+            max_lr = [group["lr"] for group in optimizer.param_groups]  # the backbone's and the head's
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps,
                                                             pct_start=warmup)
         else:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -148,8 +174,9 @@ class History(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = self._train_seconds or time.perf_counter() - self._start
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "img/s"}  # bar-only rate
-        row = {"epoch": trainer.current_epoch, **metrics,
-               "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_seconds": seconds,
+        groups = trainer.optimizers[0].param_groups  # a finetuning run's: the backbone's, then the head's
+        row = {"epoch": trainer.current_epoch, **metrics, "lr": groups[-1]["lr"],
+               **({"backbone_lr": groups[0]["lr"]} if len(groups) > 1 else {}), "train_seconds": seconds,
                "images_per_s": self.n_train / max(seconds, 1e-9)}
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         if not trainer.is_global_zero:  # every process keeps the rows (for its checkpoint state); one writes
@@ -202,20 +229,34 @@ def _versions() -> dict:
     return {"zoomorph": zoomorph.__version__, "torch": torch.__version__, "lightning": L.__version__}
 
 
-def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: Path | None = None,
+def train(data, *, model: str | None = None, head: str = "classes", run_dir: Path | None = None,
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           augment: str | None = None, balance: str = "sampler", seed: int = 0, deterministic: bool = False,
           resume: bool = True, val_loss_stop: float | None = None, patience: int | None = None,
           accelerator: str = "auto", devices="auto", num_nodes: int = 1, strategy: str = "auto",
           precision: str | None = None, max_minutes: float | None = None, progress: bool = True,
-          callbacks: list[Callback] | tuple = ()) -> TrainResult:
+          callbacks: list[Callback] | tuple = (), init: Run | str | Path | None = None, freeze_epochs: int = 0,
+          freeze_blocks: int = 0, backbone_lr_mult: float | None = None) -> TrainResult:
     """Train a registered model on a prepared folder; returns the run folder and its summary.
 
     Defaults come from the model's recipe (model_spec(name).recipe); arguments that are not None
-    override them. Re-running the same call resumes from RUN/checkpoints/last.ckpt, exactly
-    (resume=False starts over). Under DDP every process runs this; the first one writes the run folder.
+    override them; `model` None: the project's default, or init's model. Re-running the same call resumes
+    from RUN/checkpoints/last.ckpt, exactly (resume=False starts over). Under DDP every process runs this;
+    the first one writes the run folder.
+
+    `init`: a trained run (or its folder) of the same model to start from: its backbone, a fresh head
+    (zoomorph.finetune), with freeze_epochs, freeze_blocks and backbone_lr_mult (default 0.1).
     """
     data = data if isinstance(data, PreparedData) else PreparedData.load(Path(data))
+    parent, finetune = None, None
+    if init is not None:
+        parent = open_parent(init, model)  # model None: the parent's
+        model = parent.config.model
+        finetune = Finetune(freeze_epochs, freeze_blocks, 0.1 if backbone_lr_mult is None else backbone_lr_mult)
+    elif freeze_epochs or freeze_blocks or backbone_lr_mult is not None:
+        raise ZoomorphError("freeze_epochs, freeze_blocks and backbone_lr_mult (--freeze-epochs, --freeze-blocks, "
+                            "--backbone-lr-mult) are for a run started from another: give init (--init RUN)")
+    model = model or DEFAULT_MODEL
     recipe = model_spec(model).recipe.but(lr=lr, batch_size=batch_size, augment=augment, epochs=epochs,
                                           val_loss_stop=val_loss_stop, patience=patience)
     run_dir = Path(run_dir or Path("runs") / f"{data.root.name}-{model}-{head}")
@@ -228,9 +269,14 @@ def train(data, *, model: str = DEFAULT_MODEL, head: str = "classes", run_dir: P
                        extra={"recipe": recipe.to_dict(), "balance": balance, "seed": seed,
                               "deterministic": deterministic, "versions": _versions(),
                               "n_train": len(dm.train_rows), "n_val": len(dm.val_rows)})
+    if finetune:
+        config.extra["finetune"] = {"parent": parent_record(parent), **finetune.to_dict()}
     run = Run(run_dir, config)
     module = GalaxyModule(model, head, len(classes), data.image_size, recipe.to_dict(),
-                          weights.tolist() if weights is not None else None, seed)
+                          weights.tolist() if weights is not None else None, seed,
+                          finetune.to_dict() if finetune else None)
+    if parent:  # before the folder is claimed: a parent that does not fit changes nothing
+        load_backbone(module.net, parent, data.image_size)
     trainer, best = build_trainer(run, recipe, head, len(dm.train_rows), callbacks=callbacks,
                                   progress=progress, accelerator=accelerator, devices=devices,
                                   num_nodes=num_nodes, strategy=strategy, precision=precision,

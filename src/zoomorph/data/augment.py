@@ -3,6 +3,8 @@
 Float images are expected in [0, 1]; uint8 images (0-255) work too. Random
 transforms take an optional torch.Generator, so a seeded one reproduces them.
 Geometric transforms need square images (the Galaxy Zoo cut-outs are).
+The survey transforms (blur, pixelate, sky sigma) also serve the survey-shift
+suite (zoomorph.evaluation.shifts), on full-resolution frames.
 """
 
 from __future__ import annotations
@@ -120,6 +122,16 @@ def zoom(x: Tensor, factor: float) -> Tensor:
 
 
 @_float_op
+def translate(x: Tensor, offset: Tensor) -> Tensor:
+    """Move image i by offset[i] = (dx, dy), in fractions of the side (+x: right, +y: down); sky fills."""
+    _require_square(x)
+    n = x.shape[0]
+    eye = torch.eye(2, device=x.device, dtype=offset.dtype).expand(n, 2, 2)
+    # output -> input: sampling at (u - 2d) shows the input moved by d (the normalised side is 2)
+    return _warp(x, torch.cat([eye, -2 * offset.to(x.device)[..., None]], dim=2))
+
+
+@_float_op
 def kaggle_augment(x: Tensor, generator: torch.Generator | None = None, *, rotation: float = 180.0,
                    shift: float = 4 / 64, zoom_range: tuple[float, float] = KAGGLE_ZOOM_RANGE,
                    flip: bool = True, colour: float = 0.05) -> Tensor:
@@ -152,10 +164,105 @@ def scale_augment(x: Tensor, generator: torch.Generator | None = None, **options
     return kaggle_augment(x, generator, **{"zoom_range": SCALE_ZOOM_RANGE, **options})
 
 
+# --- survey shifts: PSF, pixel size, depth, sky, colour ----------------------------------------------
+
+def sky_sigma(x: Tensor, width: int | None = None) -> Tensor:
+    """Per image and channel, the sky noise of the border ring (`width` px, default side/32): (B, C, 1, 1).
+
+    The std of the ring pixels within 3 robust sigmas (1.4826 MAD) of their median, so neighbours
+    and stars crossing the border do not count; 0 for a flat sky."""
+    width = width or max(1, x.shape[-1] // 32)
+    ring = torch.cat([x[..., :width, :].flatten(-2), x[..., -width:, :].flatten(-2),
+                      x[..., width:-width, :width].flatten(-2), x[..., width:-width, -width:].flatten(-2)], dim=-1)
+    ring = ring.float()
+    median = ring.median(dim=-1, keepdim=True).values
+    mad = (ring - median).abs().median(dim=-1, keepdim=True).values * 1.4826
+    # a quantised sky can have MAD 0 with some noise: keep at least one grey level either side
+    keep = (ring - median).abs() <= 3 * mad.clamp_min(1 / 255)
+    count = keep.sum(-1, keepdim=True).clamp_min(2)
+    mean = (ring * keep).sum(-1, keepdim=True) / count
+    var = (((ring - mean) * keep) ** 2).sum(-1, keepdim=True) / (count - 1)
+    return var.sqrt()[..., None].to(x.dtype if x.is_floating_point() else torch.float32)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor | float) -> Tensor:
+    """Each image convolved with a Gaussian of sigma[i] pixels (0: unchanged), separably, edges replicated.
+
+    One grouped convolution for the whole batch: every image and channel gets its own kernel."""
+    n, c, h, w = x.shape
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(n).clamp_min(1e-3)
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0).to(x.dtype)  # (n*c, taps)
+    flat = F.pad(x.reshape(1, n * c, h, w), (radius,) * 4, mode="replicate")
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)  # along x
+    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)  # along y
+    return flat.reshape(n, c, h, w)
+
+
+def pixelate(x: Tensor, factor: float) -> Tensor:
+    """Pixels `factor` times larger: averaged down to side/factor (antialiased) and interpolated back up,
+    as a survey with coarser pixels would deliver the image once resized to this frame."""
+    if factor <= 1:
+        return x
+    side = x.shape[-1]
+    small = F.interpolate(x, size=max(1, round(side / factor)), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return F.interpolate(small, size=(x.shape[-2], side), mode="bilinear", align_corners=False)
+
+
+def grey(x: Tensor, amount: float | Tensor = 1.0) -> Tensor:
+    """Colour taken away: each band moved `amount` of the way to the mean of the bands (1: grey)."""
+    amount = torch.as_tensor(amount, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+    return torch.lerp(x, x.mean(dim=1, keepdim=True).expand_as(x), amount)
+
+
+SURVEY_ZOOM_RANGE = (1 / 3, 2.0)  # the survey-shift suite's zoom-out and zoom-in extremes
+SURVEY_RESOLUTIONS = (1.0, 1.0, 1.5, 2.0, 3.0)  # pixel-size factors drawn from (1 twice: half the images keep theirs)
+
+
+@_float_op
+def survey_augment(x: Tensor, generator: torch.Generator | None = None, *, rotation: float = 180.0,
+                   flip: bool = True, zoom_range=SURVEY_ZOOM_RANGE, shift: float = 0.2, colour: float = 0.1,
+                   blur: float = 1.2, blur_share: float = 0.5,
+                   resolutions: tuple[float, ...] = SURVEY_RESOLUTIONS, noise: float = 4.0, sky: float = 5.0,
+                   grey_share: float = 0.1) -> Tensor:
+    """Images as other surveys and cutout services deliver them, for training (the "survey" recipe).
+
+    kaggle_augment's rotation and flip with a wider zoom (log-uniform in `zoom_range`), shift (uniform
+    in +-`shift` of the side per axis: off-centre galaxies) and per-band gains exp(N(0, `colour`))
+    (+-20 % at 2 sigma), then per image: with probability `blur_share` a Gaussian PSF of sigma uniform
+    in 0-`blur` px; larger pixels, a factor drawn from `resolutions`; sky noise of sigma uniform in
+    0-`noise` times the image's own sky sigma (`sky_sigma`, at least one grey level); a sky offset
+    uniform in 0-`sky` sky sigmas; grey with probability `grey_share`.
+
+    Strengths are in the pixels of the images given: the cache's 64 px of the central 256 Kaggle px,
+    4 Kaggle px per pixel, so blur 1.2 px is a Gaussian of 4.8 Kaggle px (FWHM ~3.2x the 3.5 px SDSS
+    seeing in quadrature), pixel factor 3 is 12 Kaggle px, covering the suite's strongest shifts.
+    """
+    n, device = x.shape[0], x.device
+    sigma = sky_sigma(x).clamp_min(1 / 255)  # before the zoom: a zoomed-out frame's border is flat fill
+    out = kaggle_augment(x, generator, rotation=rotation, shift=shift, zoom_range=zoom_range, flip=flip,
+                         colour=colour)
+    blurred = _uniform(n, 0, 1, generator, device) < blur_share
+    out = gaussian_blur(out, _uniform(n, 0, blur, generator, device) * blurred)
+    factors = torch.tensor(resolutions, device=device)[_randint(len(resolutions), n, generator, device)]
+    for factor in factors.unique().tolist():  # one pass per distinct factor, not per image
+        chosen = factors == factor
+        out[chosen] = pixelate(out[chosen], factor)
+    gauss = torch.randn(out.shape, generator=generator, device=_draw_on(generator, device)).to(device)
+    out = out + sigma * (_uniform(n, 0, noise, generator, device).view(n, 1, 1, 1) * gauss
+                         + _uniform(n, 0, sky, generator, device).view(n, 1, 1, 1))
+    out = grey(out, (_uniform(n, 0, 1, generator, device) < grey_share).to(out.dtype))
+    return out.clamp_(0, 1)
+
+
 # --- by name ---------------------------------------------------------------------------------------
 
 AUGMENTS: dict[str, Callable[..., Tensor] | None] = {
     "none": None, "seed": seed_augment, "kaggle": kaggle_augment, "scale": scale_augment,
+    "survey": survey_augment,
 }
 
 
@@ -180,5 +287,5 @@ class Augment(nn.Module):
 
 
 def build_augment(name: str | None, **options) -> Augment:
-    """"none" (or None), "seed", "kaggle" or "scale"; options go to the transform (and `generator`)."""
+    """"none" (or None), "seed", "kaggle", "scale" or "survey"; options go to the transform (and `generator`)."""
     return Augment(name or "none", **options)

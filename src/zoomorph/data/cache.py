@@ -3,7 +3,9 @@
 Training then reads memory-mapped uint8 tensors and never touches a JPEG.
 Images are decoded as predict decodes them (zoomorph.io.decode.load: JPEG,
 PNG, TIFF, FITS). Workers each decode a block of rows and write straight into
-the memory-mapped file, so no pixels travel back through a pipe.
+the memory-mapped file, so no pixels travel back through a pipe; what they
+report (errors, notes, and with fov "auto" each galaxy's radius, crop and
+flag) comes back with the block.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from numpy.lib.format import open_memmap
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from zoomorph.io.decode import default_workers, load
+from zoomorph.io.decode import AUTO, AUTO_MULTIPLE, FOV_COLUMNS, Fov, default_workers, fov_columns, load
+from zoomorph.io.extent import MEASURE_SIDE
 from zoomorph.io.sources import ImageError, source_file
 
 BLOCK = 256  # rows per task: large enough to amortise scheduling, small enough for a smooth bar
@@ -28,11 +32,14 @@ BLOCK = 256  # rows per task: large enough to amortise scheduling, small enough 
 class CacheResult:
     errors: dict[int, str]  # row -> why it could not be decoded (row left zero)
     notes: dict[int, str]  # row -> conversion done (grayscale, PNG, other size)
+    fov: pd.DataFrame  # FOV_COLUMNS, one row per source (unreadable rows: nan, nan, "")
 
 
-def cache_key(sources: list[str], size: int, fov: int) -> str:
-    """Changes when any input file, the list, or the settings change."""
-    h = hashlib.sha256(f"{size}:{fov}".encode())
+def cache_key(sources: list[str], size: int, fov: Fov) -> str:
+    """Changes when any input file, the list, or the settings change (for fov auto, its multiple and its
+    measuring grid too)."""
+    mode = f"{AUTO}:{AUTO_MULTIPLE}:{MEASURE_SIDE}" if fov == AUTO else str(fov)
+    h = hashlib.sha256(f"{size}:{mode}".encode())
     for s in sources:
         try:
             st = os.stat(source_file(s))
@@ -42,24 +49,25 @@ def cache_key(sources: list[str], size: int, fov: int) -> str:
     return h.hexdigest()[:16]
 
 
-def _decode_block(args: tuple[str, list[str], int, int, int]) -> tuple[int, dict, dict]:
+def _decode_block(args: tuple[str, list[str], int, int, Fov]) -> tuple[int, dict, dict, int, dict]:
     path, sources, start, size, fov = args
     out = open_memmap(path, mode="r+")
-    errors, notes = {}, {}
+    errors, notes, decoded = {}, {}, []
     for offset, source in enumerate(sources):
         try:
-            decoded = load(source, size, fov)
+            decoded.append(load(source, size, fov))
         except ImageError as err:
             errors[start + offset] = str(err)
+            decoded.append(None)
             continue
-        out[start + offset] = decoded.pixels
-        if decoded.note:
-            notes[start + offset] = decoded.note
+        out[start + offset] = decoded[-1].pixels
+        if decoded[-1].note:
+            notes[start + offset] = decoded[-1].note
     out.flush()
-    return len(sources), errors, notes
+    return len(sources), errors, notes, start, fov_columns(decoded)
 
 
-def build_cache(sources: list[str], path: Path, size: int, fov: int, workers: int | None = None,
+def build_cache(sources: list[str], path: Path, size: int, fov: Fov, workers: int | None = None,
                 progress: bool = True) -> CacheResult:
     """Decode `sources` into `path` (.npy, shape (N, size, size, 3), uint8), in `workers` processes
     (zoomorph.io.decode.default_workers: None = one per core, 0 = in this process)."""
@@ -69,15 +77,18 @@ def build_cache(sources: list[str], path: Path, size: int, fov: int, workers: in
     tasks = [(str(tmp), sources[i:i + BLOCK], i, size, fov) for i in range(0, len(sources), BLOCK)]
     workers = min(default_workers(workers), len(tasks))
     errors, notes = {}, {}
+    measured = fov_columns([None] * len(sources))
     columns = (TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn())
     pool = mp.get_context().Pool(workers) if workers else None
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("decode", total=len(sources), rate="-")
         results = pool.imap_unordered(_decode_block, tasks) if pool else map(_decode_block, tasks)
-        for done, errs, nts in results:
+        for done, errs, nts, start, fov_rows in results:
             errors.update(errs)
             notes.update(nts)
+            for column, values in fov_rows.items():
+                measured[column][start:start + done] = values
             bar.advance(task, done)
             elapsed = bar.tasks[0].elapsed or 0
             bar.update(task, rate=f"{bar.tasks[0].completed / elapsed:,.0f}" if elapsed else "-")
@@ -85,7 +96,7 @@ def build_cache(sources: list[str], path: Path, size: int, fov: int, workers: in
         pool.close()
         pool.join()
     os.replace(tmp, path)
-    return CacheResult(errors, notes)
+    return CacheResult(errors, notes, pd.DataFrame(measured, columns=list(FOV_COLUMNS)))
 
 
 def drop_rows(path: Path, rows: np.ndarray, chunk: int = 4096) -> None:

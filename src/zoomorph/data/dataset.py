@@ -3,7 +3,10 @@
     PREPARED/prepared.json   settings: classes, preset, image_size, fov, split_hash, counts, sources
     PREPARED/catalog.parquet one row per usable image, in cache order:
                              id, source, label, label_index (-1 = unassigned), split,
-                             and the 37 vote fractions when the labels had them all
+                             and the 37 vote fractions when the labels had them all;
+                             with fov "auto": fov_radius (the galaxy's R90), fov_crop (the
+                             side cut), both in the source image's pixels, and fov_flag
+                             (why it fell back to the full frame; "" when it did not)
     PREPARED/split.csv       the split manifest (id, split), reused by every later run
     PREPARED/images.npy      uint8 (N, S, S, 3) image cache, row i = catalogue row i
     PREPARED/skipped.csv     every input that was skipped or converted, and why
@@ -19,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from zoomorph.errors import InputNotFound, ZoomorphError
+from zoomorph.io.decode import Fov, parse_fov
 from zoomorph.labels import Preset
 from zoomorph.schema import ANSWER_COLUMNS
 
@@ -70,9 +74,9 @@ class PreparedData:
         return int(self.settings["image_size"])
 
     @property
-    def fov(self) -> int:
-        """The central crop they were cut from, in Kaggle (424 px) pixels."""
-        return int(self.settings["fov"])
+    def fov(self) -> Fov:
+        """The central crop they were cut from, in Kaggle (424 px) pixels, or "auto" (each galaxy's own)."""
+        return parse_fov(self.settings["fov"], f"{self.root / SETTINGS_FILE}: fov")
 
     @property
     def preset_name(self) -> str | None:

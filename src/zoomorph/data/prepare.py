@@ -31,9 +31,9 @@ from zoomorph.data.dataset import (
     check_classes,
 )
 from zoomorph.data.labelled import Catalog, build_catalog
-from zoomorph.data.split import reuse_or_make, write_manifest
+from zoomorph.data.split import given_split, reuse_or_make, write_manifest
 from zoomorph.errors import ZoomorphError
-from zoomorph.io.decode import DEFAULT_FOV
+from zoomorph.io.decode import AUTO, AUTO_MULTIPLE, DEFAULT_FOV, FOV_COLUMNS, Fov, parse_fov
 from zoomorph.labels import DEFAULT_PRESET, get_preset
 from zoomorph.schema import ANSWER_COLUMNS
 
@@ -65,16 +65,21 @@ def refused_report(out: Path) -> Path:
 
 def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAULT_PRESET,
             conflicts: str = "exclude", min_share: float = 0.8, size: int = DEFAULT_SIZE,
-            fov: int = DEFAULT_FOV, val: float = 0.2, test: float = 0.0, seed: int = 0,
-            workers: int | None = None, progress: bool = True) -> PrepareSummary:
+            fov: Fov = DEFAULT_FOV, val: float = 0.2, test: float = 0.0, seed: int = 0,
+            workers: int | None = None, progress: bool = True, split_file: Path | None = None) -> PrepareSummary:
     """Prepare a data folder for training. Reuses the split manifest and the cache when valid.
+
+    `split_file`: an explicit split manifest (id, split) to use as given instead of val/test/seed (a
+    cross-validation fold, a subset of the training galaxies); galaxies it does not list are left out,
+    each reported in skipped.csv.
 
     Raises PrepareRefused when no labelled image is usable, or when fewer than two classes have
     galaxies in both the train and val splits (unless all 37 vote fractions are there for the votes
     head: then that is a warning). `workers`: decoding processes, None = one per core, 0 = none (all in
-    this process).
+    this process). `fov`: the central crop in Kaggle pixels, or "auto", each galaxy's own extent
+    (zoomorph.io.decode); auto writes each image's radius, crop and fall-back flag into the catalogue.
     """
-    out = Path(out)
+    out, fov = Path(out), parse_fov(fov)
     chosen = get_preset(preset, conflicts, min_share) if labels is not None else None
     catalog = build_catalog(Path(images), Path(labels) if labels else None, chosen)
     table, counts, staged = catalog.table, catalog.counts, out / STAGED_IMAGES
@@ -83,7 +88,15 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
     try:
         if table.empty:
             raise ZoomorphError(_nothing_usable(images, labels, counts))
-        split, fresh = reuse_or_make(out / SPLIT_FILE, table["id"], table["label"], val=val, test=test, seed=seed)
+        if split_file is None:
+            split, fresh = reuse_or_make(out / SPLIT_FILE, table["id"], table["label"], val=val, test=test,
+                                         seed=seed)
+        else:
+            split, fresh = given_split(split_file, table["id"]), 0
+            unlisted = split.isna().to_numpy()
+            catalog.report.extend(table["source"][unlisted], "split", f"not in the split manifest {split_file}")
+            counts["not in the split manifest"] = int(unlisted.sum())
+            table, split = table[~unlisted].copy(), split[~unlisted]
         table["split"] = split.to_numpy()
         _trainable(table, catalog.classes)  # before the decoding: refuse in seconds, not hours
         sources = table["source"].tolist()
@@ -91,7 +104,10 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
         old = json.loads((out / SETTINGS_FILE).read_text()) if (out / SETTINGS_FILE).exists() else {}
         reused = old.get("cache_key") == key and (out / IMAGES_FILE).exists()
         if reused:  # same images and settings: keep the cache and what its decoding reported
-            table = table[table["id"].isin(pd.read_parquet(out / CATALOG_FILE, columns=["id"])["id"])]
+            kept = pd.read_parquet(out / CATALOG_FILE, columns=["id", *(FOV_COLUMNS if fov == AUTO else ())])
+            table = table[table["id"].isin(kept["id"])]
+            if fov == AUTO:  # the same sources in the same order: the rows the cache holds
+                table = table.assign(**{c: kept[c].to_numpy() for c in FOV_COLUMNS})
             earlier = pd.read_csv(out / SKIPPED_FILE, dtype=str).fillna("")
             catalog.report.rows += earlier[earlier["stage"] == "decode"].to_dict("records")
         else:
@@ -99,6 +115,8 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
         counts["unreadable images"] = sum(r["stage"] == "decode" and r["action"] == "skipped"
                                           for r in catalog.report.rows)
         counts["converted images"] = sum(r["action"] == "converted" for r in catalog.report.rows)
+        if fov == AUTO:
+            counts.update(_fallbacks(table))
         warnings = _trainable(table, catalog.classes)  # again: unreadable images may have emptied a split
     except ValueError as err:
         staged.unlink(missing_ok=True)
@@ -126,18 +144,22 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
     settings = {
         "classes": classes, "preset": chosen.name if chosen else "folders",
         "rules": chosen.to_dict()["rules"] if chosen else None, "conflicts": conflicts, "image_size": size,
-        "fov": fov, "split_hash": split_hash,
-        "split": {"val": val, "test": test, "seed": seed}, "cache_key": key,
+        "fov": fov, **({"fov_multiple": AUTO_MULTIPLE} if fov == AUTO else {}), "split_hash": split_hash,
+        "split": {"val": val, "test": test, "seed": seed} if split_file is None else {"manifest": str(split_file)},
+        "cache_key": key,
         "images": str(images), "labels": str(labels) if labels else None, "counts": counts,
     }
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
     return PrepareSummary(PreparedData.load(out), counts, reused, warnings)
 
 
-def _decode(table: pd.DataFrame, sources: list[str], catalog: Catalog, staged: Path, size: int, fov: int,
+def _decode(table: pd.DataFrame, sources: list[str], catalog: Catalog, staged: Path, size: int, fov: Fov,
             workers: int | None, progress: bool) -> pd.DataFrame:
-    """Build the cache into `staged`; report what decoding converted or could not read, and drop the latter."""
+    """Build the cache into `staged`; report what decoding converted or could not read, and drop the latter.
+    With fov auto, each image's radius, crop and flag become columns of the table."""
     result = build_cache(sources, staged, size, fov, workers, progress)
+    if fov == AUTO:
+        table = table.assign(**{c: result.fov[c].to_numpy() for c in FOV_COLUMNS})
     for row, note in result.notes.items():
         catalog.report.add(sources[row], "decode", note, "converted")
     for row, error in result.errors.items():
@@ -147,6 +169,14 @@ def _decode(table: pd.DataFrame, sources: list[str], catalog: Catalog, staged: P
     bad = np.array(sorted(result.errors))
     drop_rows(staged, bad)
     return table.drop(index=table.index[bad])
+
+
+def _fallbacks(table: pd.DataFrame) -> dict:
+    """The accounting of fov auto: how many images fell back to the full frame, and why."""
+    flags = table["fov_flag"][table["fov_flag"] != ""]
+    reasons = flags.str.replace(": full frame", "", regex=False).value_counts()
+    return {"fov auto: full frame (fall-backs)": len(flags),
+            **{f"fov auto: {reason}": int(n) for reason, n in reasons.items()}}
 
 
 def _nothing_usable(images: Path, labels: Path | None, counts: dict) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from zoomorph.errors import ZoomorphError
+from zoomorph.io.ids import join_keys
 
 SPLITS = ("train", "val", "test")
 
@@ -56,8 +57,23 @@ def reuse_or_make(manifest: Path, ids: pd.Series, strata: pd.Series, **kw) -> tu
     return split, int(fresh.sum())
 
 
+def given_split(manifest: Path, ids: pd.Series) -> pd.Series:
+    """Each id's split as an explicit manifest says (`prepare --split`), matched by join key as labels are
+    (`0123` is `123`); NaN for an id the manifest does not list. Used as given: nothing is re-split."""
+    known = read_manifest(manifest)
+    keys = join_keys(pd.Series(known.index, dtype=object))
+    twice = keys[keys.duplicated()]
+    if len(twice):
+        raise ZoomorphError(f"{manifest}: id {twice.iloc[0]!r} is listed twice")
+    by_key = pd.Series(known.to_numpy(), index=keys.to_numpy(), dtype=object)
+    return pd.Series(by_key.reindex(join_keys(ids).to_numpy()).to_numpy(), index=ids.astype(str).to_numpy(),
+                     dtype=object)
+
+
 def read_manifest(path: Path) -> pd.Series:
     df = pd.read_csv(path, dtype={"id": str, "split": str})
+    if not {"id", "split"} <= set(df.columns):
+        raise ZoomorphError(f"{path}: a split manifest has the columns id and split; found {', '.join(df.columns)}")
     bad = ~df["split"].isin(SPLITS)
     if bad.any():
         raise ZoomorphError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2}: split must be one of {SPLITS}")

@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation import plots
 from zoomorph.evaluation.evaluate import evaluate_run
 from zoomorph.evaluation.html import Section, image, join, note, page, table, text
+from zoomorph.evaluation.shifts import SHIFTS
 from zoomorph.runs import Run, build_model
 
 COLUMNS = ["run", "model", "head", "parameters", "input_size", "epochs", "train_seconds", "images_per_s",
            "accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy", "ece", "rmse", "tta_accuracy",
-           "split", "split_hash"]
+           *(f"shift_{s.name}" for s in SHIFTS), "split", "split_hash"]
 
 
 def compare_runs(runs: list[Run | Path]) -> pd.DataFrame:
@@ -55,8 +57,39 @@ def _row(run: Run, metrics: dict) -> dict:
         "accuracy": plain.get("accuracy", np.nan), "accuracy_low": ci.get("low", np.nan),
         "accuracy_high": ci.get("high", np.nan), "balanced_accuracy": plain.get("balanced_accuracy", np.nan),
         "ece": plain.get("ece", np.nan), "rmse": plain.get("rmse", np.nan),
-        "tta_accuracy": tta.get("accuracy", np.nan), "split": metrics["split"], "split_hash": metrics["split_hash"],
+        "tta_accuracy": tta.get("accuracy", np.nan), **_middle_shifts(metrics),
+        "split": metrics["split"], "split_hash": metrics["split_hash"],
     }
+
+
+def _middle_shifts(metrics: dict) -> dict:
+    """shift_<name>: accuracy (RMSE for a votes run without classes) at each shift's middle strength;
+    NaN for a run evaluated without --shifts."""
+    results = {r["shift"]: r for r in metrics.get("shifts", {}).get("results", []) if r["level"] == "middle"}
+    return {f"shift_{s.name}": results[s.name].get("accuracy", results[s.name].get("rmse", np.nan))
+            if s.name in results else np.nan for s in SHIFTS}
+
+
+def _shift_section(runs: list[Run]) -> Markup:
+    """Accuracy of every run under every shift and strength (runs evaluated with --shifts)."""
+    suites = {r.name: r.metrics().get("shifts") for r in runs}
+    if not any(suites.values()):
+        return note("None of the runs was evaluated under survey shifts (`zoomorph evaluate RUN --shifts`).")
+
+    def cell(suite: dict | None, i: int) -> str:
+        if not suite:
+            return ""
+        scores = suite["reference"] if i < 0 else suite["results"][i]
+        ci = scores.get("ci", {}).get("accuracy")
+        return (f"{scores['accuracy']:.3f} ({ci['low']:.3f}-{ci['high']:.3f})" if ci
+                else f"{scores['rmse']:.4f}" if "rmse" in scores else "")
+
+    settings = [("none", "as cut")] + [(s.title, s.label(v)) for s in SHIFTS for v in s.strengths]
+    rows = [[title, label, *(cell(suite, i - 1) for suite in suites.values())]
+            for i, (title, label) in enumerate(settings)]
+    return join(table(rows, ["shift", "strength", *suites]),
+                note("Accuracy (RMSE for votes runs without classes), bootstrap 95 % interval in brackets. "
+                     "Blank: the run was evaluated without --shifts."))
 
 
 def _history_stat(history: pd.DataFrame, column: str, how: str) -> float:
@@ -75,6 +108,7 @@ def write_compare_html(runs: list[Run | Path], out: Path) -> Path:
               else note("None of the runs has a history.csv."))
     sections = [Section("table", "Runs", join(table(_display_rows(rows), DISPLAY_HEADER), note(
                     "Accuracy in brackets: bootstrap 95 % interval. Blank: not applicable to the run."))),
+                Section("shifts", "Survey shifts", _shift_section(runs)),
                 Section("curves", "Training curves", curves)]
     out = Path(out)
     out.write_text(page("zoomorph run comparison", intro, sections), encoding="utf-8")

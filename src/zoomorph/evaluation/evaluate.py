@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from rich import box
 from rich.table import Table
 
 from zoomorph.data.dataset import PreparedData
@@ -29,6 +30,8 @@ from zoomorph.evaluation.metrics import (
     label_metrics,
     rmse_per_question,
 )
+from zoomorph.evaluation.robustness import shift_settings, shifted_outputs
+from zoomorph.evaluation.shifts import level
 from zoomorph.inference import Predictor
 from zoomorph.labels import assign
 from zoomorph.runs import Run, RunConfig
@@ -39,8 +42,9 @@ VARIANT_TITLES = {"plain": "plain", "tta": "TTA (8 dihedral views)"}
 
 
 def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "val", tta: bool = False,
-                 batch_size: int = 256, bootstrap: int = 1000) -> dict:
-    """Score a trained run on `split`, plainly and (tta=True) averaged over the 8 dihedral views.
+                 batch_size: int = 256, bootstrap: int = 1000, shifts: bool = False) -> dict:
+    """Score a trained run on `split`, plainly and (tta=True) averaged over the 8 dihedral views; with
+    `shifts`, also on the survey-shift suite (metrics["shifts"], see `shift_suite`).
 
     Writes RUN/metrics.json and RUN/predictions_<split>.parquet; returns the metrics dict.
     """
@@ -71,12 +75,37 @@ def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "va
         "run": run.name, "model": cfg.model, "head": cfg.head, "split": split, "n": len(rows),
         "split_hash": data.split_hash, "trained_split_hash": cfg.split_hash, "data": str(data.root),
         "classes": variants["plain"]["classes"], "variants": variants,
+        **({"shifts": shift_suite(model, cfg, table, score, bootstrap)} if shifts else {}),
         "evaluated": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
                       "seconds": round(time.perf_counter() - started, 2)},
     }
     run.metrics_file.write_text(json.dumps(metrics, indent=2))
     predictions.to_parquet(run.predictions_file(split), index=False)
     return metrics
+
+
+SHIFT_SCORES = ("n", "accuracy", "balanced_accuracy", "ci", "rmse", "coverage")
+
+
+def shift_suite(model: torch.nn.Module, cfg: RunConfig, table: pd.DataFrame, score, bootstrap: int) -> dict:
+    """The galaxies of `table` under every survey shift (evaluation.shifts.SHIFTS), scored as the plain
+    variant is: {"n", "seconds", "seconds_per_1000", "reference": scores, "results": [scores per setting]}.
+
+    "reference" is the untransformed frames through the same full-resolution path, the baseline each
+    shift is measured against (it can differ a little from "plain": the cache decodes by DCT scaling).
+    """
+    started = time.perf_counter()
+    settings = shift_settings()
+    outputs = shifted_outputs(Predictor.from_model(model, cfg.head), table["source"].tolist(), cfg.image_size,
+                              cfg.fov, settings)
+    scored = [{k: v for k, v in score(out, table, cfg.classes, bootstrap)[0].items() if k in SHIFT_SCORES}
+              for out in outputs]
+    results = [{"shift": shift.name, "title": shift.title, "strength": strength, "level": level(shift, strength),
+                "label": shift.label(strength), **scores}
+               for (shift, strength), scores in zip(settings[1:], scored[1:])]
+    seconds = time.perf_counter() - started
+    return {"n": len(table), "seconds": round(seconds, 2), "seconds_per_1000": round(1000 * seconds / len(table), 1),
+            "reference": scored[0], "results": results}
 
 
 def _data_for(cfg: RunConfig, data_dir: Path | None, run_dir: Path) -> PreparedData:
@@ -170,4 +199,56 @@ def format_metrics_table(metrics: dict) -> Table:
         table.add_column(VARIANT_TITLES.get(name, name), justify="right")
     for label, values in summary_rows(metrics):
         table.add_row(label, *values)
+    return table
+
+
+SHIFT_HEADER = ["shift", "strength", "level", "accuracy", "balanced accuracy", "change in accuracy", "Kaggle RMSE"]
+
+
+def shift_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """The survey-shift table: header (of SHIFT_HEADER, the columns the run has) and rows, the reference
+    first; intervals are bootstrap 95 %, "change" is points of accuracy against the reference. No rows
+    when the run was evaluated without --shifts."""
+    suite = metrics.get("shifts")
+    if not suite:
+        return SHIFT_HEADER, []
+    ref = suite["reference"]
+
+    def row(title: str, label: str, lvl: str, s: dict) -> list[str]:
+        change = (f"{100 * (s['accuracy'] - ref['accuracy']):+.1f}" if "accuracy" in s and "accuracy" in ref
+                  else "-")
+        return [title, label, lvl, _number(s.get("accuracy"), s.get("ci", {}).get("accuracy")),
+                _number(s.get("balanced_accuracy"), s.get("ci", {}).get("balanced_accuracy")), change,
+                "-" if "rmse" not in s else f"{s['rmse']:.4f}"]
+
+    rows = [row("none (full resolution, as cut)", "-", "-", ref)] + [
+        row(r["title"], r["label"], r["level"], r) for r in suite["results"]]
+    keep = [i for i in range(len(SHIFT_HEADER)) if i < 3 or any(r[i] != "-" for r in rows)]
+    return [SHIFT_HEADER[i] for i in keep], [[r[i] for i in keep] for r in rows]
+
+
+def format_shifts_table(metrics: dict) -> Table:
+    """The survey-shift table as a rich table for the CLI: percentages, to fit 80 columns."""
+    suite, ref = metrics["shifts"], metrics["shifts"]["reference"]
+    table = Table(title=f"{metrics['run']}: survey shifts ({suite['n']:,} galaxies, "
+                        f"{suite['seconds_per_1000']:.0f} s per 1,000)", title_justify="left", box=box.SIMPLE,
+                  caption="in brackets: bootstrap 95 % interval (both in metrics.json); change: accuracy points "
+                          "against none")
+    scored = "accuracy" in ref
+    for name in ["shift", "strength"] + (["accuracy %", "balanced %", "change"] if scored else ["Kaggle RMSE"]):
+        table.add_column(name, justify="left" if name in ("shift", "strength") else "right")
+
+    def cells(s: dict) -> list[str]:
+        if not scored:
+            return [f"{s['rmse']:.4f}"]
+        ci = s["ci"]["accuracy"]
+        return [f"{100 * s['accuracy']:.1f} ({100 * ci['low']:.1f}-{100 * ci['high']:.1f})",
+                f"{100 * s['balanced_accuracy']:.1f}", f"{100 * (s['accuracy'] - ref['accuracy']):+.1f}"]
+
+    table.add_row("none", "as cut", *cells(ref), end_section=True)
+    results = suite["results"]
+    for i, r in enumerate(results):
+        first, last = i == 0 or results[i - 1]["shift"] != r["shift"], i + 1 == len(results) or \
+            results[i + 1]["shift"] != r["shift"]
+        table.add_row(r["title"] if first else "", r["label"], *cells(r), end_section=last)
     return table

@@ -16,9 +16,10 @@ from markupsafe import Markup
 
 from zoomorph.data.dataset import SKIPPED_FILE, PreparedData
 from zoomorph.evaluation import plots
-from zoomorph.evaluation.evaluate import VARIANT_TITLES, evaluate_run, summary_rows
+from zoomorph.evaluation.evaluate import VARIANT_TITLES, evaluate_run, shift_rows, summary_rows
 from zoomorph.evaluation.html import Section, image, join, note, page, table, text
 from zoomorph.evaluation.saliency import activations, grad_cam
+from zoomorph.evaluation.shifts import SHIFTS
 from zoomorph.inference import to_input
 from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS, QUESTION_OF
@@ -38,6 +39,7 @@ def write_report(run: Run | Path, out: Path | None = None) -> Path:
         Section("data", "Data", _data_summary(data)),
         Section("training", "Training curves", _training(run.history_file)),
         Section("metrics", "Metrics", _metrics(metrics)),
+        Section("shifts", "Survey shifts", _shifts(metrics)),
         Section("confusion", "Confusion matrix", _confusion(metrics)),
         Section("calibration", "Calibration", _calibration(metrics)),
         Section("samples", "Sample galaxies", _samples(data, predictions)),
@@ -112,6 +114,21 @@ def _metrics(metrics: dict) -> Markup:
                 for q in plain["rmse_per_question"]]
         parts += [text("<h3>RMSE per Galaxy Zoo question</h3>"), table(rows, ["question", *header[1:]])]
     return join(*parts)
+
+
+def _shifts(metrics: dict) -> Markup:
+    header, rows = shift_rows(metrics)
+    if not rows:
+        return note("Not evaluated under survey shifts: `zoomorph evaluate RUN --shifts` adds them.")
+    suite = metrics["shifts"]
+    mimics = [[s.title, ", ".join(s.label(v) for v in s.strengths), s.mimics] for s in SHIFTS]
+    return join(text("<p>The {:,} galaxies re-read from their files at full resolution, changed as another "
+                     "survey or cutout service would deliver them, then cut as the run's decoder cuts "
+                     "({:.0f} s per 1,000 galaxies).</p>", suite["n"], suite["seconds_per_1000"]),
+                table(rows, header),
+                note("In brackets: bootstrap 95 % intervals. Change: points of accuracy against the "
+                     "unshifted images through the same path (first row)."),
+                text("<h3>What each shift mimics</h3>"), table(mimics, ["shift", "strengths", "mimics"]))
 
 
 def _confusion(metrics: dict) -> Markup:

@@ -4,6 +4,11 @@ JPEGs use Pillow's DCT-scaled `draft` mode: a JPEG is decoded directly at
 1/2, 1/4 or 1/8 scale when that still leaves enough pixels for the crop,
 which is several times faster than a full decode followed by a resize.
 FITS cutouts (zoomorph.io.fits) are stretched to RGB and then cropped the same way.
+
+The field of view (`Fov`) is a central crop in Kaggle pixels, or "auto": the
+galaxy's own extent (zoomorph.io.extent) measured on a DCT-downscaled decode,
+then a square of AUTO_MULTIPLE x its R90 about its centre, cut from a decode at
+the scale that square needs, sky-filled where it passes the frame edge.
 Decoding workers import this module: it imports no torch.
 """
 
@@ -13,11 +18,13 @@ import io
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable, Literal, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from zoomorph.errors import ZoomorphError
+from zoomorph.io.extent import MEASURE_SIDE, Extent, measure
 from zoomorph.io.fits import fits_rgb
 from zoomorph.io.sources import ImageError, Source, is_fits, read_bytes
 
@@ -27,11 +34,43 @@ KAGGLE_SIZE = 424  # side of every Kaggle/SDSS image; the field of view is given
 # real galaxies: docs/models.md).
 DEFAULT_FOV = 256
 
+Fov = Union[int, Literal["auto"]]  # a central crop in Kaggle pixels, or each galaxy's own (AUTO)
+AUTO = "auto"
+# The auto crop's side in units of the galaxy's R90, chosen so that the median auto crop of the real q1
+# images equals DEFAULT_FOV, the crop the default model was tuned on: over the 6,507 JPEGs their median
+# R90 is 83.1 Kaggle px (quartiles 67.7-106.3; 5-95% 57.9-148.0), so 256 / 83.1 = 3.08
+# (`python benchmarks/auto_fov_multiple.py`). R90 is of the stretched JPEG's light, wider than in linear flux.
+AUTO_MULTIPLE = 3.08
+# The auto crop's side stays within these fractions of the image's shorter side: below 1/8 (53 Kaggle px)
+# a 64 px model input would be upsampled from fewer pixels than it has; above 2 the galaxy's R90 says it
+# overflows the frame, and the crop would be mostly sky fill.
+AUTO_SIDE = (1 / 8, 2.0)
+# An auto JPEG is first decoded at the DCT scale that a crop of this fraction of its shorter side needs
+# (1/2 for 64 px of 424): the radius is measured on it and nearly every crop is cut from it too.
+FIRST_CROP = 1 / 3
+FOV_COLUMNS = ("fov_radius", "fov_crop", "fov_flag")  # what an auto field of view says per image
+
+
+def parse_fov(value: object, where: str = "fov") -> Fov:
+    """An int of Kaggle pixels (or its text) or "auto"; a ZoomorphError naming `where` for anything else."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.isdigit():
+        text = int(text)
+    if isinstance(text, (int, np.integer)) and not isinstance(text, bool) and text > 0:
+        return int(text)
+    raise ZoomorphError(f"{where}={value!r}: give the crop's side in Kaggle (424 px) pixels, a whole number "
+                        f"from 1 (424 = the whole image), or 'auto' (each galaxy's own extent)")
+
 
 @dataclass(frozen=True)
 class Decoded:
     pixels: np.ndarray  # (size, size, 3) uint8
     note: str = ""  # non-fatal conversion done (grayscale, CMYK, PNG, other size, FITS)
+    r90: float = math.nan  # fov auto: the galaxy's R90, in the source image's pixels (nan: not measured)
+    crop: float = math.nan  # the side of the square cut, in the source image's pixels
+    flag: str = ""  # fov auto: why the measurement fell back to the full frame ("" when it did not)
 
 
 def default_workers(workers: int | None) -> int:
@@ -46,12 +85,53 @@ def fov_crop(side: int, fov: int) -> float:
     return side * min(fov, KAGGLE_SIZE) / KAGGLE_SIZE
 
 
-def crop_resize(im: Image.Image, size: int, crop: float) -> np.ndarray:
-    """The central `crop` x `crop` pixels of an RGB image, resized to (size, size, 3) uint8: every format
-    goes through it, so that all see the same geometry."""
-    cx, cy, half = im.size[0] / 2, im.size[1] / 2, crop / 2
-    box = (cx - half, cy - half, cx + half, cy + half)
-    return np.asarray(im.resize((size, size), Image.BILINEAR, box=box, reducing_gap=None), dtype=np.uint8)
+def crop_resize(im: Image.Image, size: int, crop: float, centre: tuple[float, float] | None = None,
+                fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """The `crop` x `crop` pixels about `centre` (default: the image's) of an RGB image, resized to
+    (size, size, 3) uint8: every format goes through it, so that all see the same geometry. Where the
+    square passes the frame edge it is filled with `fill` (the sky), never reflected."""
+    cx, cy = centre or (im.size[0] / 2, im.size[1] / 2)
+    half = crop / 2
+    box = [cx - half, cy - half, cx + half, cy + half]
+    over = max(-box[0], -box[1], box[2] - im.size[0], box[3] - im.size[1])
+    if over > 1e-6:  # pad with sky (2 px more: the filter's reach), and shift the box with it
+        pad = math.ceil(over) + 2
+        canvas = Image.new("RGB", (im.size[0] + 2 * pad, im.size[1] + 2 * pad), fill)
+        canvas.paste(im, (pad, pad))
+        im, box = canvas, [b + pad for b in box]
+    return np.asarray(im.resize((size, size), Image.BILINEAR, box=tuple(box), reducing_gap=None), dtype=np.uint8)
+
+
+def auto_box(extent: Extent, width: int, height: int) -> tuple[float, float, float, str]:
+    """(centre x, centre y, side, flag) of the auto crop of a width x height image whose extent that is:
+    AUTO_MULTIPLE x R90 within AUTO_SIDE, or the full frame (the central square) when it is flagged."""
+    short = min(width, height)
+    if extent.flag:
+        return width / 2, height / 2, float(short), f"{extent.flag}: full frame"
+    side = min(max(AUTO_MULTIPLE * extent.r90, AUTO_SIDE[0] * short), AUTO_SIDE[1] * short)
+    return extent.x, extent.y, side, ""
+
+
+def _cut(im: Image.Image, size: int, fov: Fov, width: int, height: int, note: str = "",
+         finer: Callable[[float], Image.Image] | None = None) -> Decoded:
+    """The crop of a source of width x height pixels, from `im`, the source decoded at some scale: the
+    central fov, or the auto one (measured on `im`; `finer(scale)` decodes the source again at a scale
+    the crop needs when `im` is too coarse for it)."""
+    scale = im.size[0] / width  # what a DCT draft shrank it by
+    if fov != AUTO:
+        crop = fov_crop(min(width, height), fov)
+        return Decoded(crop_resize(im, size, crop * scale), note, crop=crop)
+    extent = measure(im).scaled(1 / scale)
+    x, y, side, flag = auto_box(extent, width, height)
+    if finer is not None and side * scale < size and scale < 1:
+        im = finer(size / side)
+        scale = im.size[0] / width
+    reduce = 2 ** int(math.log2(max(side * scale / size, 1)))
+    if reduce >= 2:  # whole-block box means first, as a coarser DCT draft gives: resampling 2x+ costs 4x as much
+        box = (0, 0, im.size[0] // reduce * reduce, im.size[1] // reduce * reduce)
+        im, scale = im.reduce(reduce, box=box), scale / reduce
+    pixels = crop_resize(im, size, side * scale, (x * scale, y * scale), extent.sky)
+    return Decoded(pixels, note, math.nan if flag else extent.r90, side, flag)
 
 
 def _to_rgb(im: Image.Image, name: str) -> Image.Image:
@@ -65,32 +145,45 @@ def _to_rgb(im: Image.Image, name: str) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode(data: bytes, size: int, fov: int = KAGGLE_SIZE, name: str = "image") -> Decoded:
-    """Decode an image file's bytes (JPEG, PNG, TIFF, ...), centre-crop the field of view and resize to
-    `size` x `size` RGB uint8.
-
-    `fov` is the side of the central crop in Kaggle pixels (424 = whole image;
-    the Kaggle winner used 207). Images of another size are cropped to the same
-    *fraction* of their shorter side, and that is reported as a note.
-    Raises ImageError naming `name` for anything that is not a usable image.
-    """
-    if not data:
-        raise ImageError(f"{name}: empty file (0 bytes)")
+def _open(data: bytes, name: str, scale: Callable[[int, int], float]) -> tuple[Image.Image, str | None, int, int]:
+    """(the image loaded, a JPEG at the smallest DCT scale >= scale(width, height); its format; its full
+    width and height)."""
     try:
         im = Image.open(io.BytesIO(data))
         fmt = im.format
         width, height = im.size
-        crop = fov_crop(min(width, height), fov)
         if fmt == "JPEG":
-            # Ask for the smallest DCT scale that still leaves >= `size` pixels in the crop.
-            scale = max(size / crop, 1 / 8)
-            im.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+            wanted = max(scale(width, height), 1 / 8)
+            im.draft("RGB", (math.ceil(width * wanted), math.ceil(height * wanted)))
         im.load()
     except UnidentifiedImageError as err:
         raise ImageError(f"{name}: not an image file Pillow can read") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{name}: corrupt or truncated image ({err})") from err
+    return im, fmt, width, height
 
+
+def _first_scale(size: int, fov: Fov) -> Callable[[int, int], float]:
+    """The scale to decode at first: for a fixed fov, the smallest that leaves >= `size` pixels in the
+    crop; for auto, enough to measure on and to cut a crop of FIRST_CROP of the frame from."""
+    if fov == AUTO:
+        return lambda w, h: max(size / (FIRST_CROP * min(w, h)), MEASURE_SIDE / min(w, h))
+    return lambda w, h: size / fov_crop(min(w, h), fov)
+
+
+def decode(data: bytes, size: int, fov: Fov = KAGGLE_SIZE, name: str = "image") -> Decoded:
+    """Decode an image file's bytes (JPEG, PNG, TIFF, ...), crop the field of view and resize to
+    `size` x `size` RGB uint8.
+
+    `fov` is the side of the central crop in Kaggle pixels (424 = whole image;
+    the Kaggle winner used 207). Images of another size are cropped to the same
+    *fraction* of their shorter side, and that is reported as a note. "auto":
+    the galaxy's own extent (module docstring).
+    Raises ImageError naming `name` for anything that is not a usable image.
+    """
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    im, fmt, width, height = _open(data, name, _first_scale(size, fov))
     notes = []
     if fmt != "JPEG":
         notes.append(f"{fmt} content")
@@ -100,43 +193,57 @@ def decode(data: bytes, size: int, fov: int = KAGGLE_SIZE, name: str = "image") 
     if (width, height) != (KAGGLE_SIZE, KAGGLE_SIZE):
         notes.append(f"size {width}x{height}, not {KAGGLE_SIZE}x{KAGGLE_SIZE}")
 
-    # The draft may have shrunk the image: redo the crop in its own pixels.
-    return Decoded(crop_resize(im, size, crop * im.size[0] / width), "; ".join(notes))
+    def finer(scale: float) -> Image.Image:  # only a JPEG draft can be too coarse
+        again = _open(data, name, lambda w, h: scale)[0]
+        return again if again.mode == "RGB" else _to_rgb(again, name)
+
+    return _cut(im, size, fov, width, height, "; ".join(notes), finer if fmt == "JPEG" else None)
 
 
-def decode_fits(data: bytes, size: int, fov: int = KAGGLE_SIZE, name: str = "image.fits") -> Decoded:
+def decode_fits(data: bytes, size: int, fov: Fov = KAGGLE_SIZE, name: str = "image.fits") -> Decoded:
     """A FITS cutout's bytes -> its bands as RGB (zoomorph.io.fits), cropped and resized like a JPEG."""
     rgb, note = fits_rgb(data, name)
     im = Image.fromarray(rgb)
-    return Decoded(crop_resize(im, size, fov_crop(min(im.size), fov)), note)
+    return _cut(im, size, fov, *im.size, note)
 
 
-def cut_array(rgb: np.ndarray, size: int, fov: int = KAGGLE_SIZE) -> Decoded:
-    """An in-memory full-resolution RGB image (H, W, 3) uint8 -> the crop `decode` would cut from its file:
-    the survey-shift suite transforms images in memory and must see the same geometry."""
+def cut_array(rgb: np.ndarray, size: int, fov: Fov = KAGGLE_SIZE) -> Decoded:
+    """An in-memory full-resolution RGB image (H, W, 3) uint8 -> the crop `decode` would cut from its file
+    (auto: measured on its box means, as a JPEG on its DCT-downscaled decode): the survey-shift suite
+    transforms images in memory and must see the same geometry."""
     im = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
-    return Decoded(crop_resize(im, size, fov_crop(min(im.size), fov)))
+    return _cut(im, size, parse_fov(fov), *im.size)
 
 
-def load(source: Source, size: int, fov: int = KAGGLE_SIZE) -> Decoded:
+def load(source: Source, size: int, fov: Fov = KAGGLE_SIZE) -> Decoded:
     """Read and decode one source: FITS by its name, anything else by Pillow. Raises ImageError saying why
     a source cannot be used (an Unusable: its reason)."""
     data = read_bytes(source)
     return (decode_fits if is_fits(source) else decode)(data, size, fov, name=source)
 
 
-def decode_batch(task: tuple[int, list[Source], int, int]) -> tuple[int, np.ndarray, list[str]]:
-    """(start, sources, size, fov) -> (start, pixels of the readable images (n_ok, S, S, 3), error per source).
+def fov_columns(decoded: list[Decoded | None]) -> dict[str, np.ndarray]:
+    """FOV_COLUMNS of decoded images, one row each (None: unreadable -> nan, nan, "")."""
+    return {"fov_radius": np.array([d.r90 if d else math.nan for d in decoded], np.float32),
+            "fov_crop": np.array([d.crop if d else math.nan for d in decoded], np.float32),
+            "fov_flag": np.array([d.flag if d else "" for d in decoded], dtype=object)}
+
+
+def decode_batch(task: tuple[int, list[Source], int, Fov]) -> tuple[int, np.ndarray, list[str], dict]:
+    """(start, sources, size, fov) -> (start, pixels of the readable images (n_ok, S, S, 3), error per source,
+    fov_columns per source).
 
     An error is "" for a readable image, else the reason; one bad file never stops the batch.
     """
     start, sources, size, fov = task
-    pixels, errors = [], []
+    decoded, errors = [], []
     for source in sources:
         try:
-            pixels.append(load(source, size, fov).pixels)
+            decoded.append(load(source, size, fov))
             errors.append("")
         except Exception as err:  # noqa: BLE001 (any failure, e.g. a decompression bomb, is that row's error)
+            decoded.append(None)
             errors.append(str(err) if isinstance(err, ImageError) else f"{source}: {type(err).__name__}: {err}")
+    pixels = [d.pixels for d in decoded if d]
     stacked = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
-    return start, stacked, errors
+    return start, stacked, errors, fov_columns(decoded)

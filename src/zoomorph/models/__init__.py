@@ -2,7 +2,15 @@
 
 from zoomorph.models import convnet, resnet, rotinv, seed  # noqa: F401  (importing registers the models)
 from zoomorph.models.heads import ClassesHead, VotesHead, build_head
-from zoomorph.models.registry import ModelSpec, Network, create_model, list_models, model_spec, register_model
+from zoomorph.models.registry import (
+    ModelSpec,
+    Network,
+    backbone_blocks,
+    create_model,
+    list_models,
+    model_spec,
+    register_model,
+)
 
-__all__ = ["ClassesHead", "ModelSpec", "Network", "VotesHead", "build_head", "create_model", "list_models",
-           "model_spec", "register_model"]
+__all__ = ["ClassesHead", "ModelSpec", "Network", "VotesHead", "backbone_blocks", "build_head", "create_model",
+           "list_models", "model_spec", "register_model"]

@@ -2,7 +2,8 @@
 
 Each registered model carries its defaults (registry.ModelSpec.recipe); a run may
 override any field (`train --lr ...`), and records the recipe it used in its
-config, so a resumed run can check that it continues the same one.
+config, so a resumed run can check that it continues the same one. A run started
+from another run's backbone (`train --init`) records its `Finetune` settings beside it.
 """
 
 from __future__ import annotations
@@ -56,3 +57,33 @@ class Recipe:
 
 # The stronger (BatchNorm, residual) models: AdamW with a one-cycle schedule and label smoothing.
 MODERN_RECIPE = Recipe()
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """How a run started from another run's backbone (`train --init RUN`) trains it; zoomorph.finetune does it.
+
+    freeze_epochs: the backbone does not change in the first N epochs (only the fresh head learns);
+    freeze_blocks: the first N blocks of the backbone (registry.backbone_blocks) never change;
+    backbone_lr_mult: the backbone's learning rate is the head's times this (in every schedule).
+    """
+
+    freeze_epochs: int = 0
+    freeze_blocks: int = 0
+    backbone_lr_mult: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("freeze_epochs", "freeze_blocks"):
+            if getattr(self, name) < 0:
+                raise ZoomorphError(f"{name}={getattr(self, name)}: it must be 0 or more")
+        if not self.backbone_lr_mult > 0:
+            raise ZoomorphError(f"backbone_lr_mult={self.backbone_lr_mult}: it must be more than 0 "
+                                "(to keep the backbone as it is, freeze it: --freeze-epochs, --freeze-blocks)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Finetune":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -32,8 +32,8 @@ class ModelSpec:
     head_dropout: float = 0.0  # dropout right before the head's linear layer
 
 
-__all__ = ["MODERN_RECIPE", "ModelSpec", "Network", "Recipe", "create_model", "list_models", "model_spec",
-           "register_model"]
+__all__ = ["MODERN_RECIPE", "ModelSpec", "Network", "Recipe", "backbone_blocks", "create_model", "list_models",
+           "model_spec", "register_model"]
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
@@ -70,6 +70,40 @@ class Network(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
+
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def backbone_blocks(backbone: nn.Module) -> list[list[nn.Module]]:
+    """A backbone's blocks, from the input on: what `train --freeze-blocks N` freezes the first N of.
+
+    One rule for every model, so a new one needs nothing: a block is a top-level layer that holds weights
+    (a conv, a conv-BN-activation, a residual block, a dense layer) with the layers after it that hold none
+    or only normalise it (activation, BatchNorm, pool, flatten, dropout). A backbone that wraps a single stack
+    (rotinv's RotationPooled) is looked into. convnet and convnet-lite: stem, 8 inverted residuals, the 1x1
+    head conv (10); resnet: stem and 8 basic blocks (9); rotinv: stem and 4 (5); seed-model1: 5 convs and
+    2 dense (7); seed-model2: 5 convs and 1 dense (6).
+    """
+    children = list(backbone.children())
+    weighted = [c for c in children if _has_weights(c)]
+    if len(weighted) == 1 and list(weighted[0].children()):
+        return backbone_blocks(weighted[0])
+    blocks: list[list[nn.Module]] = []
+    pending: list[nn.Module] = []  # weightless layers before the first block belong to it
+    for child in children:
+        if _has_weights(child) and not isinstance(child, _NORMS):
+            blocks.append([*pending, child])
+            pending = []
+        elif blocks:
+            blocks[-1].append(child)
+        else:
+            pending.append(child)
+    return blocks
+
+
+def _has_weights(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
 
 
 def create_model(name: str, *, head: str = "classes", num_classes: int = 3,

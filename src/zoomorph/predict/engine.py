@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from zoomorph.errors import MissingExtra, ZoomorphError
+from zoomorph.io.decode import AUTO, AUTO_MULTIPLE
 from zoomorph.labels import get_preset
 from zoomorph.predict.guards import check_not_listed, check_out
 from zoomorph.predict.listing import Listing
@@ -183,6 +184,8 @@ def predict(run: Run | Path, inputs: list[str | Path], out: Path, *, format: str
     Resumable: rerun the same call after a crash, a kill or a full disk and it carries on from the parts
     written; rerun after it finished, it says so (`already_complete`) unless `overwrite`. An existing `out`
     that is not predict's own output is replaced only with `overwrite`; an input never is.
+    Images are cut with the run's field of view: a run trained on fov "auto" measures each galaxy, and
+    its output has the fov_radius, fov_crop and fov_flag columns.
     """
     started = time.perf_counter()
     run, out = Run.of(run), Path(out)
@@ -201,6 +204,8 @@ def predict(run: Run | Path, inputs: list[str | Path], out: Path, *, format: str
     options = PredictOptions(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
     # the graph's digest too: a re-calibrated int8 graph gives other results
     settings = options.as_settings() | {"chunk_size": chunk_size} | ({"graph_sha256": graph} if graph else {})
+    if cfg.fov == AUTO:  # the run's field of view is its galaxies' own: another multiple cuts other pixels
+        settings["fov_multiple"] = AUTO_MULTIPLE
     writer = None
     try:
         with _claimed(parts_dir(out)):

@@ -86,9 +86,9 @@ def predict_batches(task: WorkerTask) -> tuple[int, pd.DataFrame]:
     results = []
     for offset in range(0, len(task.sources), task.batch_size):
         start = task.start + offset
-        _, pixels, errors = decode_batch((start, task.sources[offset:offset + task.batch_size], cfg.image_size,
-                                          cfg.fov))
-        results.append(rows.of_batch(pixels, errors, seed=start))
+        _, pixels, errors, fov = decode_batch((start, task.sources[offset:offset + task.batch_size],
+                                               cfg.image_size, cfg.fov))
+        results.append(rows.of_batch(pixels, errors, seed=start, fov=fov))
     return task.start, pd.concat(results, ignore_index=True)
 
 
@@ -112,7 +112,7 @@ def local_results(run: Run, chunks: Iterable[tuple[int, list[str]]], *, batch_si
         try:
             rows = ResultRows(run, options)
             decodes = ((start, sources, run.config.image_size, run.config.fov) for start, sources in spans)
-            for start, pixels, errors in ordered(decode_batch, decodes, pool, window=2 * max(workers, 1)):
-                yield np.arange(start, start + len(errors)), rows.of_batch(pixels, errors, seed=start)
+            for start, pixels, errors, fov in ordered(decode_batch, decodes, pool, window=2 * max(workers, 1)):
+                yield np.arange(start, start + len(errors)), rows.of_batch(pixels, errors, seed=start, fov=fov)
         finally:
             torch.set_num_threads(previous)

@@ -3,7 +3,8 @@
 The graph takes what the decoders produce and returns what predict() writes:
 
     input  "pixels":  uint8 (batch, image_size, image_size, 3), RGB 0-255, already
-                      centre-cropped to `fov` and resized (zoomorph.io.decode.decode)
+                      cropped to `fov` (a central crop, or "auto": each galaxy's own)
+                      and resized (zoomorph.io.decode.decode)
     output "outputs": float32 (batch, K): class probabilities (softmax included) for a
                       classes run, the 37 cumulative vote fractions for a votes run
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from zoomorph.errors import ZoomorphError
 from zoomorph.inference import GRAPH_INPUT, GRAPH_OUTPUT, PixelModel
+from zoomorph.io.decode import AUTO, AUTO_MULTIPLE
 from zoomorph.predict import quantize
 from zoomorph.runs import Run, RunConfig, file_digest, sidecar
 from zoomorph.schema import Q1
@@ -47,6 +49,14 @@ def _trace(model: nn.Module, cfg: RunConfig, out: Path) -> None:
                               dynamo=True, external_data=False, verbose=False)
     finally:
         exporter_log.setLevel(level)
+
+
+def _preprocessing(cfg: RunConfig) -> str:
+    """How the pixels the graph takes are cut from an image (zoomorph.io.decode)."""
+    if cfg.fov == AUTO:
+        return (f"fov auto: a square of {AUTO_MULTIPLE} x the galaxy's R90 about its flux-weighted centre "
+                f"(zoomorph.io.extent), sky-filled past the frame edge, bilinear resize to {cfg.image_size}")
+    return f"central crop of {cfg.fov}/424 of the shorter side, bilinear resize to {cfg.image_size}"
 
 
 def _quantized_export(model: nn.Module, cfg: RunConfig, out: Path, calibration: list[str | Path] | None) -> dict:
@@ -85,10 +95,9 @@ def export_onnx(run: Run | Path, out: Path | None = None, *, int8: bool = False,
     os.replace(tmp, out)
     meta = {
         "model": cfg.model, "head": cfg.head, "classes": cfg.classes, "preset": cfg.preset,
-        "image_size": cfg.image_size, "fov": cfg.fov,
+        "image_size": cfg.image_size, "fov": cfg.fov, **({"fov_multiple": AUTO_MULTIPLE} if cfg.fov == AUTO else {}),
         "input": {"name": GRAPH_INPUT, "dtype": "uint8", "shape": ["batch", cfg.image_size, cfg.image_size, 3],
-                  "layout": "NHWC, RGB 0-255", "preprocessing": (
-                      f"central crop of {cfg.fov}/424 of the shorter side, bilinear resize to {cfg.image_size}")},
+                  "layout": "NHWC, RGB 0-255", "preprocessing": _preprocessing(cfg)},
         "output": {"name": GRAPH_OUTPUT, "dtype": "float32",
                    "meaning": "class probabilities" if cfg.head == "classes" else "cumulative vote fractions"},
         "weights_sha256": run.weights_digest,

@@ -61,7 +61,7 @@ def calibration_pixels(cfg: RunConfig, sources: list[str | Path] | None = None,
     if sources:
         listing = expand_inputs(list(sources))["path"].dropna().to_numpy()  # a row without a path is no image
         chosen = listing[_sample(np.arange(len(listing)), n)].tolist()
-        _, pixels, errors = decode_batch((0, chosen, cfg.image_size, cfg.fov))
+        _, pixels, errors, _ = decode_batch((0, chosen, cfg.image_size, cfg.fov))
         unreadable = [e for e in errors if e]
         if not len(pixels):
             raise NoCalibrationImages(f"none of the {len(chosen)} calibration images could be read"

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from zoomorph.errors import MissingExtra
-from zoomorph.io.decode import decode_batch
+from zoomorph.io.decode import FOV_COLUMNS, Fov, decode_batch
 from zoomorph.predict.local_engine import batch_size_for
 from zoomorph.predict.results import PredictOptions, ResultRows
 from zoomorph.runs import Run
@@ -32,12 +32,12 @@ LOCAL_CPUS = 2  # a local Ray instance stays small: it shares the machine with e
 CHUNKS_PER_DATASET = 64
 
 
-def _decode(batch: dict[str, np.ndarray], size: int, fov: int) -> dict[str, np.ndarray]:
-    _, readable, errors = decode_batch((0, list(batch["source"]), size, fov))
+def _decode(batch: dict[str, np.ndarray], size: int, fov: Fov) -> dict[str, np.ndarray]:
+    _, readable, errors, measured = decode_batch((0, list(batch["source"]), size, fov))
     errors = np.asarray(errors, dtype=object)
     pixels = np.zeros((len(errors), size, size, 3), np.uint8)  # a column needs one shape: blanks for errors
     pixels[errors == ""] = readable
-    return {"row": batch["row"], "pixels": pixels, "error": errors}
+    return {"row": batch["row"], "pixels": pixels, "error": errors, **measured}
 
 
 class _Infer:
@@ -48,7 +48,8 @@ class _Infer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         ok = batch["error"] == ""
-        results = self.rows.of_batch(batch["pixels"][ok], list(batch["error"]), seed=int(batch["row"][0]))
+        results = self.rows.of_batch(batch["pixels"][ok], list(batch["error"]), seed=int(batch["row"][0]),
+                                     fov={c: batch[c] for c in FOV_COLUMNS})
         return results.assign(row=batch["row"])
 
 

@@ -2,8 +2,9 @@
 
 `PredictOptions` are the settings that change what a row holds (and so the
 output's fingerprint); `ResultRows` turns a decoded batch into rows: values,
-predicted class, uncertainty, error. The engines (local_engine.py,
-ray_engine.py) feed it batches.
+predicted class, uncertainty, with fov "auto" each galaxy's radius, crop and
+fall-back flag (as prepare's catalogue has them), error. The engines
+(local_engine.py, ray_engine.py) feed it batches.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from zoomorph.inference import Predictor
+from zoomorph.io.decode import AUTO, FOV_COLUMNS
 from zoomorph.labels import assign
 from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS, Q1
@@ -36,7 +38,8 @@ class PredictOptions:
 
 
 def output_columns(cfg: RunConfig, preset: str | None, mc_samples: int) -> dict[str, pa.DataType]:
-    """Result columns after the listing's: values, predicted class, uncertainty, error."""
+    """Result columns after the listing's: values, predicted class, uncertainty, the fov columns (only for a
+    run that uses fov "auto": a fixed crop is the same for every row), error."""
     values = [f"p_{c}" for c in cfg.classes] if cfg.head == "classes" else list(ANSWER_COLUMNS)
     columns = {c: pa.float32() for c in values}
     if cfg.head == "classes" or preset:
@@ -44,6 +47,8 @@ def output_columns(cfg: RunConfig, preset: str | None, mc_samples: int) -> dict[
     columns["entropy"] = pa.float32()
     if mc_samples:
         columns.update(std=pa.float32(), mutual_info=pa.float32())
+    if cfg.fov == AUTO:
+        columns.update(fov_radius=pa.float32(), fov_crop=pa.float32(), fov_flag=pa.string())
     columns["error"] = pa.string()
     return columns
 
@@ -74,13 +79,16 @@ class ResultRows:
         self.predictor = Predictor.for_run(run, backend=options.backend, tta=options.tta,
                                            mc_samples=options.mc_samples, autocast=True)
 
-    def of_batch(self, pixels: np.ndarray, errors: list[str], seed: int) -> pd.DataFrame:
-        """One row per source of a decoded batch: `pixels` holds its readable ones, in order; the dropout
-        masks are seeded by `seed` (the batch's first row), whichever process runs it."""
+    def of_batch(self, pixels: np.ndarray, errors: list[str], seed: int, fov: dict | None = None) -> pd.DataFrame:
+        """One row per source of a decoded batch: `pixels` holds its readable ones, in order; `fov` the
+        fov columns of every source (io.decode.decode_batch's); the dropout masks are seeded by `seed` (the
+        batch's first row), whichever process runs it."""
         n, errors = len(errors), np.asarray(errors, dtype=object)
         ok = errors == ""
         columns = {c: np.full(n, np.nan, np.float32) for c in self.columns}
         columns["error"] = errors
+        if "fov_flag" in columns:
+            columns.update({c: np.asarray(fov[c]) for c in FOV_COLUMNS})
         if "predicted" in columns:
             columns["predicted"] = np.full(n, None, dtype=object)
         if ok.any():
