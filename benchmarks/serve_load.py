@@ -13,7 +13,7 @@ Loopback only (127.0.0.1), bounded in count and time: every level stops after --
      image per request (multipart, as curl does) and sends the next when answered; a 503 is counted as
      refused and the client goes on. Prints requests/s, images/s, latency percentiles of the answered
      requests, refused (503) and their latency, other errors, and the server's peak memory;
-  4. the server's memory a few seconds after the last level, against its memory before.
+  4. the server's memory 15 s after the last level, against its memory before.
 Each client is a coroutine with a minimal HTTP/1.1 writer and reader, so that the load generator, which
 shares the machine's cores with the server, costs as little as it can.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from predict_throughput import copy_run, make_run, tree_pss
 
 from zoomorph.io.sources import input_sources
@@ -120,11 +120,13 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def offline(run: Path, sources: list[str], backend: str, root: Path) -> float:
-    """predict()'s images/s on `sources`, in a fresh process (as benchmarks/predict_throughput.py measures)."""
-    code = ("import json, sys; from zoomorph.predict import predict; "
-            "s = predict(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], backend=sys.argv[4], progress=False); "
-            "print(s.images_per_s)")
-    done = subprocess.run([sys.executable, "-c", code, str(run), json.dumps(sources), str(root / "offline.parquet"),
+    """predict()'s images/s on `sources` (a catalogue of them), in a fresh process, as
+    benchmarks/predict_throughput.py measures it."""
+    catalogue = root / "offline.csv"
+    pd.DataFrame({"path": sources}).to_csv(catalogue, index=False)
+    code = ("import sys; from zoomorph.predict import predict; "
+            "print(predict(sys.argv[1], [sys.argv[2]], sys.argv[3], backend=sys.argv[4], progress=False).images_per_s)")
+    done = subprocess.run([sys.executable, "-c", code, str(run), str(catalogue), str(root / "offline.parquet"),
                            backend], capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -187,9 +189,9 @@ def main() -> None:
                       f"{percentiles(r['ok']):>16} {len(r['refused']):>6} {percentiles(r['refused']):>19} "
                       f"{len(r['errors']):>6} {peak[0] / 2**20:>8,.0f}", flush=True)
                 time.sleep(2)
-            time.sleep(5)
+            time.sleep(15)  # the server hands freed memory back after 5-10 s of quiet
             after = tree_pss(server.pid)
-            print(f"server memory 5 s after the last level: {after / 2**20:,.0f} MB "
+            print(f"server memory 15 s after the last level: {after / 2**20:,.0f} MB "
                   f"({after / before - 1:+.1%} against after warm-up)")
         finally:
             server.terminate()

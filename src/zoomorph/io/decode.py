@@ -38,9 +38,9 @@ Fov = Union[int, Literal["auto"]]  # a central crop in Kaggle pixels, or each ga
 AUTO = "auto"
 # The auto crop's side in units of the galaxy's R90, chosen so that the median auto crop of the real q1
 # images equals DEFAULT_FOV, the crop the default model was tuned on: over the 6,507 JPEGs their median
-# R90 is 83.1 Kaggle px (quartiles 67.7-106.3; 5-95% 57.9-148.0), so 256 / 83.1 = 3.08
+# R90 is 77.4 Kaggle px (quartiles 65.7-96.4; 5-95% 57.1-139.8), so 256 / 77.4 = 3.31
 # (`python benchmarks/auto_fov_multiple.py`). R90 is of the stretched JPEG's light, wider than in linear flux.
-AUTO_MULTIPLE = 3.08
+AUTO_MULTIPLE = 3.31
 # The auto crop's side stays within these fractions of the image's shorter side: below 1/8 (53 Kaggle px)
 # a 64 px model input would be upsampled from fewer pixels than it has; above 2 the galaxy's R90 says it
 # overflows the frame, and the crop would be mostly sky fill.

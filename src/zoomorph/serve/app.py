@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import copy
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -76,17 +77,20 @@ def create_app(model: ServedModel, limits: Limits | None = None, batch_size: int
         raise ZoomorphError(f"batch_size={batch_size}, max_wait_ms={max_wait_ms}: give 1 or more, and 0 or "
                             "more")
     batcher = Batcher(model.samples, batch_size, max_wait_ms / 1000)
+    model.warm_up(max(batch_size, limits.max_images))
     decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="zoomorph-decode")
     info = model_info(model, limits, batch_size, max_wait_ms)
 
     @asynccontextmanager
     async def lifespan(_app):
         batcher.start()
+        trimmer = asyncio.get_running_loop().create_task(trim_when_quiet(batcher))
         yield
+        trimmer.cancel()
         await batcher.stop()
         decoders.shutdown(wait=False)
 
-    app = FastAPI(title="zoomorph", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+    app = FastAPI(title="zoomorph", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,  # CDN scripts
                   description=f"Galaxy morphology with {model.cfg.model} ({model.run.name}): docs/serving.md")
     admission = Admission()
 
@@ -328,6 +332,26 @@ def model_info(model: ServedModel, limits: Limits, batch_size: int, max_wait_ms:
                      backend=model.backend, batch_size=batch_size, max_wait_ms=max_wait_ms,
                      mc_dropout=model.mc_forward is not None, weights_sha256=model.run.weights_digest,
                      training=training, validation=validation, limits=LimitsInfo(**limits.as_dict()))
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+async def trim_when_quiet(batcher: Batcher, every_s: float = 5.0) -> None:
+    """Once a busy spell ends (no image classified for `every_s`), hand freed memory back to the system:
+    glibc keeps what the threads freed in their arenas (measured: +13% after a load test, without this)."""
+    trim, last, trimmed = _malloc_trim(), batcher.images, True
+    while trim is not None:
+        await asyncio.sleep(every_s)
+        if batcher.images != last:  # busy in this spell
+            last, trimmed = batcher.images, False
+        elif not trimmed:  # quiet after a busy one
+            trim(0)
+            trimmed = True
 
 
 def run_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:

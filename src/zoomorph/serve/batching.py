@@ -75,8 +75,9 @@ class Batcher:
 
     async def _gather(self) -> None:
         loop = asyncio.get_running_loop()
+        carried = None  # an item that did not fit the last batch: it starts the next
         while True:
-            items = [await self.queue.get()]
+            items, carried = [carried or await self.queue.get()], None
             n, deadline = len(items[0].pixels), loop.time() + self.max_wait_s
             while n < self.batch_size:
                 try:
@@ -89,6 +90,9 @@ class Batcher:
                         item = await asyncio.wait_for(self.queue.get(), left)
                     except asyncio.TimeoutError:
                         break
+                if n + len(item.pixels) > self.batch_size:  # batches stay within batch_size (one big request aside)
+                    carried = item
+                    break
                 items.append(item)
                 n += len(item.pixels)
             groups: dict[tuple, list[_Item]] = {}

@@ -91,6 +91,12 @@ class ServedModel:
         except ZoomorphError:
             return None
 
+    def warm_up(self, n: int) -> None:
+        """Run the model once on `n` images, the largest call it will get: onnxruntime's memory arena grows
+        to the largest batch it has seen and keeps it, so memory is at its plateau from the start (and the
+        first request is not the slow one)."""
+        self.forward(torch.zeros((n, self.cfg.image_size, self.cfg.image_size, 3), dtype=torch.uint8))
+
     # ------------------------------------------------------------------ bytes -> pixels
 
     def decode(self, data: bytes, name: str, limits: Limits) -> Decoded:
