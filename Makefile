@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml scripts/install-torch
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	scripts/install-torch $(BIN)/pip
-	$(BIN)/pip install -q -e ".[dev,ray,serve]"
+	$(BIN)/pip install -q -e ".[dev,ray,serve,healpix,cutouts]"
 	touch $@
 
 clean:

@@ -2,6 +2,7 @@
 
     python benchmarks/finetune_labels.py --out /work/exp/ft [--pretrained RUN] [--epochs 20] [--folds 5]
                                          [--labels 25 50 100 all] [--preset hubble+edge-on] [--quick]
+                                         [--backbone-lr-mult 0.1] [--freeze-epochs 0]
 
 1. Pretraining (unless --pretrained): the default model on ../shared/data/gz-kaggle-q1, preset
    smooth-featured, leaving out every galaxy whose GalaxyID is also in gz-kaggle-sample (printed).
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="of every finetuned and scratch run")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the model's recipe")
     parser.add_argument("--batch-size", type=int, default=None, help="of every run (default: the model's recipe)")
+    parser.add_argument("--backbone-lr-mult", type=float, default=None, help="of the finetuned runs (default 0.1)")
+    parser.add_argument("--freeze-epochs", type=int, default=0, help="of the finetuned runs")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--labels", nargs="*", default=["25", "50", "100", "all"])
     parser.add_argument("--seed", type=int, default=0)
@@ -114,9 +117,11 @@ def main() -> None:
             seconds["prepare"] += time.perf_counter() - t
             for how, init in (("finetuned", parent), ("scratch", None)):
                 t = time.perf_counter()
+                how_ft = dict(init=init, backbone_lr_mult=args.backbone_lr_mult, freeze_epochs=args.freeze_epochs) \
+                    if init else {}
                 run = api.train(prepared.data, out=out / "runs" / f"fold{fold}-{budget}-{how}", epochs=args.epochs,
-                                batch_size=args.batch_size, seed=args.seed, init=init, resume=False,
-                                progress=False).run_dir
+                                batch_size=args.batch_size, seed=args.seed, resume=False, progress=False,
+                                **how_ft).run_dir
                 seconds[how] += time.perf_counter() - t
                 accuracy, balanced = score(run)
                 rows.append({"labels": budget, "fold": fold, "how": how, "train": len(ids), "accuracy": accuracy,
@@ -134,7 +139,8 @@ def main() -> None:
 
 def print_table(results: pd.DataFrame, args) -> None:
     print(f"\nlabel efficiency, {args.preset}, {args.folds}-fold CV, {args.epochs} epochs each, batch "
-          f"{args.batch_size or 'of the recipe'}, last epoch (mean ± std over folds)")
+          f"{args.batch_size or 'of the recipe'}, finetuned with backbone lr x{args.backbone_lr_mult or 0.1} and "
+          f"{args.freeze_epochs} frozen epochs, last epoch (mean ± std over folds)")
     print(f"{'labels/class':>12} {'train':>6} | {'finetuned acc':>14} {'scratch acc':>14} {'gain':>15} | "
           f"{'finetuned bal':>14} {'scratch bal':>14} {'gain':>15}")
     for budget in args.labels:

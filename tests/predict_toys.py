@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import zoomorph
 from zoomorph import runs
 from zoomorph.models.heads import VotesHead
 from zoomorph.runs import RunConfig
@@ -99,3 +105,16 @@ def ray_case(tmp_path: Path):
     local = pd.read_parquet(predict(run, [images], tmp_path / "local.parquet", chunk_size=128, batch_size=64,
                                     backend="torch", workers=0, progress=False).out)
     return images, run, local
+
+
+def kill_after_first_part(args: list[str], parts: Path) -> int:
+    """Run a predict script (`python *args`) in a process of its own and SIGKILL it as soon as its first
+    part is on disk in `parts`; the number of parts it had written."""
+    env = os.environ | {"PYTHONPATH": str(Path(zoomorph.__file__).parents[1])}
+    victim = subprocess.Popen([sys.executable, *args], env=env)
+    deadline = time.monotonic() + 60
+    while not list(parts.glob("part-*.parquet")) and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    return len(list(parts.glob("part-*.parquet")))

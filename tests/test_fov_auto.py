@@ -22,7 +22,7 @@ from zoomorph.data.prepare import prepare
 from zoomorph.data.synthetic import make_synthetic
 from zoomorph.errors import ZoomorphError
 from zoomorph.inference import to_input
-from zoomorph.io.decode import AUTO, AUTO_MULTIPLE, FOV_COLUMNS, cut_array, decode, load, parse_fov
+from zoomorph.io.decode import AUTO, AUTO_CUT, AUTO_MULTIPLE, FOV_COLUMNS, SKY_LEVEL, cut_array, decode, load, parse_fov
 from zoomorph.io.extent import clipped_stats, measure
 from zoomorph.predict import predict
 from zoomorph.runs import RunConfig
@@ -123,8 +123,21 @@ def test_a_crop_past_the_frame_edge_is_filled_with_sky_not_reflected():
     assert cut.flag == "" and 312 + cut.crop / 2 > 440
     beyond = int(64 * (312 + cut.crop / 2 - 424) / cut.crop) - 1  # output columns past the frame's right edge
     past, inside = cut.pixels[:, -beyond:].reshape(-1, 3), cut.pixels[:, :beyond].reshape(-1, 3)
-    assert np.abs(past.mean(0) - SKY).max() < 1.5
+    assert np.abs(past.mean(0) - SKY_LEVEL).max() < 1.5  # the sky's colour, moved to SKY_LEVEL as all the crop
     assert past.std(0).max() < 0.5 < inside.std(0).min()  # one flat colour: reflected sky would carry its noise
+
+
+@pytest.mark.parametrize("offset", [-6, 25])
+def test_the_auto_crop_moves_the_sky_to_one_level(offset):
+    galaxy = disk(12.0)
+    lifted = np.clip(galaxy.astype(int) + offset, 0, 255).astype(np.uint8)  # a sky left brighter / darker
+    plain, shifted = cut_array(galaxy, 64, AUTO), cut_array(lifted, 64, AUTO)
+    ring = np.concatenate([plain.pixels[:3].reshape(-1, 3), plain.pixels[-3:].reshape(-1, 3)])
+    assert np.abs(np.median(ring, axis=0) - SKY_LEVEL).max() <= 1
+    assert shifted.crop == pytest.approx(plain.crop, rel=0.03)
+    assert np.abs(shifted.pixels.astype(int) - plain.pixels).mean() < 1.0  # the offset is gone
+    fixed_change = cut_array(lifted, 64, 424).pixels.mean() - cut_array(galaxy, 64, 424).pixels.mean()
+    assert fixed_change == pytest.approx(offset, abs=3)  # a fixed crop keeps the offset: it is auto's doing
 
 
 def test_the_crop_side_stays_within_its_range():
@@ -166,7 +179,7 @@ def synthetic_auto(tmp_path):
 def test_prepare_auto_records_the_mode_and_each_image_s_field(synthetic_auto, tmp_path):
     summary, blank = synthetic_auto
     settings = json.loads((tmp_path / "p" / "prepared.json").read_text())
-    assert settings["fov"] == "auto" and settings["fov_multiple"] == AUTO_MULTIPLE and summary.data.fov == AUTO
+    assert settings["fov"] == "auto" and settings["fov_auto"] == AUTO_CUT and summary.data.fov == AUTO
     table = pd.read_parquet(tmp_path / "p" / "catalog.parquet")
     assert set(FOV_COLUMNS) <= set(table.columns)
     row = table[table["source"] == str(blank)].iloc[0]
@@ -205,7 +218,8 @@ def test_runconfig_keeps_fov_auto(tmp_path):
 @pytest.mark.parametrize("fov", [AUTO, 256])
 def test_predict_cuts_as_the_run_was_trained_and_writes_the_fov_columns_for_auto(tmp_path, fov):
     run = tmp_path / "run"
-    cfg = RunConfig(model="toy-pooled", head="classes", classes=CLASSES, image_size=16, fov=fov)
+    cfg = RunConfig(model="toy-pooled", head="classes", classes=CLASSES, image_size=16, fov=fov,
+                    extra={"fov_auto": AUTO_CUT} if fov == AUTO else {})
     cfg.save(run)
     runs.Run(run, cfg).save_weights(toy_model(cfg))
     folder = tmp_path / "images"
@@ -230,3 +244,17 @@ def test_predict_cuts_as_the_run_was_trained_and_writes_the_fov_columns_for_auto
     else:
         assert not set(FOV_COLUMNS) & set(table.columns)
 
+
+
+@pytest.mark.usefixtures("toys")
+@pytest.mark.parametrize("recorded", [None, {**AUTO_CUT, "multiple": 3.08}])
+def test_an_auto_run_cut_another_way_is_refused_by_name(tmp_path, recorded):
+    run = tmp_path / "run"  # trained before this version's auto crop, or with another multiple
+    cfg = RunConfig(model="toy-pooled", head="classes", classes=CLASSES, image_size=16, fov=AUTO,
+                    extra={"fov_auto": recorded} if recorded else {})
+    cfg.save(run)
+    runs.Run(run, cfg).save_weights(toy_model(cfg))
+    Image.fromarray(disk(10.0)).save(tmp_path / "g.png")
+    with pytest.raises(ZoomorphError, match=r"run was made with fov auto cut as .*Prepare the data again"):
+        predict(run, [tmp_path / "g.png"], tmp_path / "out.parquet", workers=0, progress=False)
+    assert not (tmp_path / "out.parquet").exists() and not (run / "model.onnx").exists()  # refused first

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from predict_toys import make_run, toy_model, write_images
+from predict_toys import kill_after_first_part, make_run, toy_model, write_images
 
 import zoomorph
 from zoomorph import runs
@@ -48,18 +46,11 @@ def test_sigkill_then_rerun_gives_every_input_once(tmp_path, monkeypatch):
     script = tmp_path / "predict_script.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), run=str(run), images=str(images),
                                     out=str(out), options=OPTIONS))
-    env = os.environ | {"PYTHONPATH": str(Path(zoomorph.__file__).parents[1])}
     parts = tmp_path / "predictions.parquet.parts"
-
-    victim = subprocess.Popen([sys.executable, str(script), "slow"], env=env)
-    deadline = time.monotonic() + 60
-    while not list(parts.glob("part-*.parquet")) and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    done_before = len(list(parts.glob("part-*.parquet")))
+    done_before = kill_after_first_part([str(script), "slow"], parts)
     assert not out.exists() and 1 <= done_before < -(-(N_IMAGES + 1) // 256)  # killed mid-run
 
+    env = os.environ | {"PYTHONPATH": str(Path(zoomorph.__file__).parents[1])}
     rerun = subprocess.run([sys.executable, str(script), "fast"], env=env, capture_output=True, text=True,
                            timeout=120)
     assert rerun.returncode == 0, rerun.stderr

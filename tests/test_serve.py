@@ -177,6 +177,11 @@ def png_bomb(side: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def classify_unnamed(served, data: bytes) -> dict:
+    with client(served) as c:
+        return c.post("/v1/classify", files=[("files", ("upload", data, "application/octet-stream"))]).json()
+
+
 def test_each_unreadable_image_gets_its_own_error_and_the_others_are_answered(served, images):
     good = (images / "700.jpg").read_bytes()
     png = (images / "710.png").read_bytes()
@@ -195,8 +200,12 @@ def test_each_unreadable_image_gets_its_own_error_and_the_others_are_answered(se
     assert results["empty.jpg"]["error"] == "empty file (0 bytes)"
     assert "decompression bomb" in results["bomb.png"]["error"]
     assert "600 x 600 pixels is more than the limit of 300,000" in results["big.png"]["error"]
-    # content sniffed from the bytes: a PNG named .jpg is a PNG, classified as the same file named .png
-    assert results["png-named.jpg"]["probabilities"] == reference["a.png"]["probabilities"]
+    # content sniffed from the bytes: a PNG named .jpg is refused by name; under a name without a suffix
+    # it is read as the PNG it is
+    assert "its name says JPEG but its bytes are a PNG image" in results["png-named.jpg"]["error"]
+    assert results["../../etc/passwd"]["error"] is None
+    unnamed = by_name(classify_unnamed(served, png)["results"])["upload"]
+    assert unnamed["probabilities"] == reference["a.png"]["probabilities"]
     assert results["../../etc/passwd"]["predicted"] == results["good.jpg"]["predicted"]  # a name, never a path
 
 
@@ -225,6 +234,8 @@ BAD_REQUESTS = {
     "not an image": ({}, {"files": [("files", ("a.jpg", b"<html>"))]}, 422, "no_readable_image",
                      "a.jpg: not a JPEG"),
     "zero bytes": ({}, {"files": [("files", ("a.jpg", b""))]}, 422, "no_readable_image", "empty file"),
+    "PNG named .jpg": ({}, {"files": [("files", ("a.jpg", jpeg(2, fmt="PNG")))]}, 422, "no_readable_image",
+                       "a.jpg: its name says JPEG but its bytes are a PNG"),
     "truncated JPEG": ({}, {"files": [("files", ("a.jpg", jpeg(1)[:300]))]}, 422, "no_readable_image", "truncated"),
     "decompression bomb": ({}, {"files": [("files", ("a.png", png_bomb()))]}, 422, "no_readable_image", "bomb"),
     "mc_samples 1": ({}, {"files": [("files", ("a.jpg", jpeg(0)))], "data": {"mc_samples": "1"}},

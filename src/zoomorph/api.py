@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from zoomorph.data import prepare as preparing
 from zoomorph.data.labelled import Report, read_labels
@@ -17,8 +19,8 @@ from zoomorph.data.prepare import PrepareSummary
 from zoomorph.labels import DEFAULT_PRESET, Labels, assign, get_preset
 from zoomorph.models import ModelSpec, list_models, model_spec
 
-__all__ = ["PrepareSummary", "compare", "demo", "evaluate", "export", "label_solutions", "models", "predict",
-           "prepare", "report", "serve", "synth", "train"]
+__all__ = ["PrepareSummary", "compare", "cutouts", "demo", "evaluate", "export", "grad_cam", "info", "label_solutions",
+           "models", "pack", "predict", "prepare", "report", "serve", "synth", "train"]
 
 
 def synth(out: Path, n: int = 1000, *, seed: int = 0, size: int = 424, workers: int | None = None) -> Path:
@@ -176,7 +178,7 @@ def evaluate(run_dir: Path, data: Path | None = None, split: str = "val", tta: b
     """Score a trained run on a split; writes RUN/metrics.json and RUN/predictions_<split>.parquet.
 
     Args:
-        run_dir: a trained run folder.
+        run_dir: a trained run folder, or a packed model (NAME.zoomorph: its outputs go to NAME.outputs/).
         data: the prepared folder to score on; default the one the run was trained on.
         split: "val", "test" or "train".
         tta: also score the average over the 8 dihedral views.
@@ -224,21 +226,25 @@ def compare(run_dirs: list[Path], out: Path | None = None) -> tuple[pd.DataFrame
 def predict(run: Path, inputs: list, out: Path, *, format: str | None = None, backend: str = "auto",
             engine: str = "local", tta: bool = False, mc_samples: int = 0, batch_size: int | None = None,
             workers: int | None = None, chunk_size: int = 4096, preset: str | None = None,
-            ray_address: str | None = None, overwrite: bool = False, progress: bool = True):
+            ray_address: str | None = None, overwrite: bool = False, progress: bool = True,
+            healpix: int | None = None):
     """Classify images, folders, zips, catalogues or FITS into one row per input (docs/predict.md).
 
     Args:
-        run: a trained run folder.
-        inputs: files, folders, zips and catalogues (CSV/Parquet with a path column), in order.
+        run: a trained run folder, or a packed model (NAME.zoomorph).
+        inputs: files, folders, zips and catalogues (CSV, Parquet, FITS table, VOTable, ECSV, HDF5, with a path
+            column), in order.
         out: the output file; resumable: the same call again carries on where it stopped.
-        format: "parquet", "csv" or "kaggle" (the submission format); default by `out`'s suffix.
-        backend: "auto" (ONNX when onnxruntime is there), "onnx", "int8" or "torch".
+        format: "parquet", "csv", "kaggle" (the submission format), "fits", "votable", "ecsv" or "hdf5";
+            default by `out`'s suffix (docs/catalogues.md).
+        backend: "auto" (ONNX when onnxruntime is there), "onnx", "onnx-int8" or "torch".
         engine: "local" (decoding processes) or "ray" (a cluster, `ray_address`).
         tta: average the 8 dihedral views; mc_samples: MC-dropout samples for an uncertainty (torch).
         batch_size, workers, chunk_size: images per model call, decoding processes (None: one per core,
             0: none), rows per output part.
         preset: for a votes run, also classify the fractions with this preset.
         overwrite: replace an `out` that predict did not write, and redo a finished one.
+        healpix: an order: add each row's nested HEALPix pixel from the catalogue's RA/Dec (the healpix extra).
 
     Returns:
         PredictSummary: rows written, rows with an error, images/s, whether it was already complete.
@@ -247,7 +253,74 @@ def predict(run: Path, inputs: list, out: Path, *, format: str | None = None, ba
 
     return run_predict(Path(run), inputs, Path(out), format=format, backend=backend, engine=engine, tta=tta,
                        mc_samples=mc_samples, batch_size=batch_size, workers=workers, chunk_size=chunk_size,
-                       preset=preset, ray_address=ray_address, progress=progress, overwrite=overwrite)
+                       preset=preset, ray_address=ray_address, progress=progress, overwrite=overwrite,
+                       healpix=healpix)
+
+
+def cutouts(catalogue: Path, out: Path, *, survey: str = "legacy", format: str = "jpeg", layer: str | None = None,
+            size: int = 424, pixscale: float | None = None, radius_column: str | None = None,
+            radius_multiple: float = 8.48, id_column: str | None = None, base_url: str | None = None,
+            concurrency: int = 4, rate: float = 5.0, retries: int = 4, backoff: float = 1.0, timeout: float = 30.0,
+            max_wait: float = 120.0, progress: bool = True):
+    """Fetch a colour cutout for every RA/Dec row of a catalogue from a public cutout service (docs/cutouts.md).
+
+    Needs the cutouts extra (`pip install 'zoomorph[cutouts]'`): MissingExtra says so when httpx is missing.
+
+    Args:
+        catalogue: CSV, Parquet, FITS, VOTable or ECSV with ra/dec (or RA/DEC, ra_deg/dec_deg) in degrees.
+        out: the folder for the cutouts, cutouts.json and catalogue.csv / .parquet (the input's columns and
+            path, status, error, pixscale: what `predict` reads); resumable: the same call again fetches only
+            what is not on disk whole. A non-empty folder it did not make, or other options, are refused.
+        survey: "legacy" (the Legacy Survey viewer) or "sdss" (SkyServer DR18); format: "jpeg" or, for
+            legacy, "fits" (g, r, z); layer: the Legacy Survey layer (default ls-dr10).
+        size: the cutout's side in pixels (legacy at most 512, sdss 2048).
+        pixscale: arcsec per pixel (default the survey's own: 0.262 legacy, 0.396 sdss).
+        radius_column, radius_multiple: instead of pixscale, each galaxy's radius in arcsec from this column,
+            the side being radius_multiple radii (default 8.48, Galaxy Zoo 2's framing of petroR90_r).
+        id_column: the column file names come from (default the first of objid, id, galaxyid, ...),
+            made safe; rows without one are named row<N>.
+        base_url: another address for the service (a mirror, a test server).
+        concurrency, rate, retries, backoff, timeout, max_wait: requests at once, request starts per second,
+            retries (5xx, 429, timeouts, connection errors, bad bodies; never 404), the first retry's delay
+            in s (doubled each time), s without an answer, the longest pause (Retry-After included).
+
+    Returns:
+        CutoutSummary: the folder, the catalogue written, rows fetched / on disk / failed, requests made,
+        seconds, and the failure reasons with their counts.
+    """
+    from zoomorph.cutouts.download import download_cutouts
+    from zoomorph.cutouts.fetch import Politeness
+
+    polite = Politeness(concurrency=concurrency, rate=rate, retries=retries, backoff=backoff, timeout=timeout,
+                        max_wait=max_wait)
+    return download_cutouts(Path(catalogue), Path(out), survey=survey, format=format, layer=layer, size=size,
+                            pixscale=pixscale, radius_column=radius_column, radius_multiple=radius_multiple,
+                            id_column=id_column, base_url=base_url, politeness=polite, progress=progress)
+
+
+def grad_cam(run: Path, pixels: np.ndarray, *, classes: list[str] | None = None, min_side: int = 8) -> np.ndarray:
+    """Grad-CAM maps (where the network looked) of a run for images as its cache holds them.
+
+    Args:
+        run: a run folder (or a packed .zoomorph file).
+        pixels: (N, S, S, 3) uint8 images at the run's image size, e.g. rows of `PreparedData.images`.
+        classes: the class to explain for each image, by name; None for each image's predicted class.
+        min_side: explain the deepest convolution whose map is at least this many cells on a side (at
+            64 px the last one's is 4 x 4, too coarse to point at arms or a bulge).
+
+    Returns:
+        (N, S, S) float maps in [0, 1], red where the pixels pushed the network towards the class.
+    """
+    from zoomorph.evaluation.saliency import grad_cam as one_map, layer_with_map
+    from zoomorph.inference import to_input
+    from zoomorph.runs import Run
+
+    opened = Run.of(run)
+    model = opened.load_model()
+    layer = layer_with_map(model, opened.config.image_size, min_side)
+    inputs = to_input(torch.from_numpy(np.ascontiguousarray(pixels)))
+    targets = [None] * len(inputs) if classes is None else [opened.config.classes.index(c) for c in classes]
+    return np.stack([one_map(model, x, t, layer=layer) for x, t in zip(inputs, targets)])
 
 
 def export(run_dir: Path, out: Path | None = None, *, int8: bool = False, calibration: list | None = None) -> Path:
@@ -255,7 +328,8 @@ def export(run_dir: Path, out: Path | None = None, *, int8: bool = False, calibr
     preprocessing sidecar (size, field of view, classes).
 
     Args:
-        run_dir: a trained run folder; out: the .onnx file (default RUN/model.onnx or model.int8.onnx).
+        run_dir: a trained run folder or a packed model; out: the .onnx file (default RUN/model.onnx or
+            model.int8.onnx; for NAME.zoomorph, in NAME.outputs/).
         int8: statically quantised for fast CPU serving, calibrated on `calibration` (image paths) or on
             the run's own training images.
 
@@ -267,6 +341,38 @@ def export(run_dir: Path, out: Path | None = None, *, int8: bool = False, calibr
     return export_onnx(Path(run_dir), Path(out) if out else None, int8=int8, calibration=calibration)
 
 
+def pack(run: Path, out: Path | None = None, *, onnx: bool = True) -> Path:
+    """Pack a trained run into one file: weights (safetensors), ONNX graphs, config, preprocessing, metrics,
+    model card and a manifest of sha256 digests (docs/packing.md).
+
+    Args:
+        run: a trained run folder (or a packed model, to repack).
+        out: the file to write, ending in .zoomorph (default RUN.zoomorph beside the run folder).
+        onnx: export the float32 ONNX graph first when the run has none (as predict does on first use).
+
+    Returns:
+        the path of the packed file.
+    """
+    from zoomorph.pack import pack_run
+
+    return pack_run(Path(run), Path(out) if out else None, onnx=onnx, say=print)
+
+
+def info(run: Path) -> str:
+    """The model card of a run folder or a packed model (checked first), as Markdown.
+
+    Args:
+        run: a run folder (its MODEL_CARD.md, or one made now) or a packed model (its own card, then what
+            the file holds and its sha256).
+
+    Returns:
+        the Markdown text.
+    """
+    from zoomorph.pack import describe
+
+    return describe(Path(run))
+
+
 def serve(run: Path, host: str = "127.0.0.1", port: int = 8000, *, backend: str = "auto", preset: str | None = None,
           batch_size: int = 64, max_wait_ms: float = 5.0, max_upload_mb: float = 32.0, max_images: int = 64,
           max_pixels: int = 25_000_000, max_mc_samples: int = 32, max_saliency: int = 16, queue: int = 128,
@@ -276,7 +382,8 @@ def serve(run: Path, host: str = "127.0.0.1", port: int = 8000, *, backend: str 
     Needs the serve extra (`pip install 'zoomorph[serve]'`): MissingExtra says so when it is missing.
 
     Args:
-        run: a trained run folder; its model is loaded once (a damaged one fails before the port opens).
+        run: a trained run folder or a packed model (NAME.zoomorph); its model is loaded once (a damaged one
+            fails before the port opens).
         host, port: where to listen (127.0.0.1: this machine only; put a reverse proxy in front for others).
         backend: "auto" (as predict: ONNX on a CPU, exported into the run folder on first use), "torch",
             "onnx" or "onnx-int8".
@@ -294,11 +401,12 @@ def serve(run: Path, host: str = "127.0.0.1", port: int = 8000, *, backend: str 
     from zoomorph.serve import require_extra
 
     require_extra()
-    from zoomorph.serve.app import create_app, run_server
+    from zoomorph.serve.app import create_app, limit_arenas, run_server
     from zoomorph.serve.limits import Limits
     from zoomorph.serve.model import ServedModel
 
     limits = Limits(max_upload_mb=max_upload_mb, max_images=max_images, max_pixels=max_pixels,
                     max_mc_samples=max_mc_samples, max_saliency=max_saliency, queue=queue, timeout_s=timeout_s)
+    limit_arenas()  # a server process's own setting, before the model's and the decoders' threads exist
     app = create_app(ServedModel(Path(run), backend=backend, preset=preset), limits, batch_size, max_wait_ms)
     run_server(app, host, port, log_level)

@@ -225,7 +225,7 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for 
 
 @app.command()
 @user_errors
-def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
+def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`) or packed model"),
              data: Optional[Path] = typer.Option(None, help="prepared folder (default: the one it trained on)"),
              split: str = typer.Option("val", help="val | test | all"),
              tta: bool = typer.Option(False, help="also average over the 8 rotations/flips"),
@@ -246,7 +246,7 @@ def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph tr
 
 @app.command()
 @user_errors
-def report(run: Path = typer.Argument(..., help="run folder"),
+def report(run: Path = typer.Argument(..., help="run folder or packed model"),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN/report.html)")) -> None:
     """Write one self-contained HTML report: config, data, curves, metrics, confusion, calibration, saliency."""
     from zoomorph.api import report as run_report
@@ -283,15 +283,17 @@ def compare(runs: list[Path] = typer.Argument(..., help="run folders evaluated o
 
 @app.command()
 @user_errors
-def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
-            inputs: list[str] = typer.Argument(..., help="images, folders, zips, catalogue CSV/Parquet, FITS"),
-            out: Path = typer.Option(..., "--out", "-o", help="output .parquet or .csv"),
+def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`) or packed model"),
+            inputs: list[str] = typer.Argument(..., help="images, folders, zips, FITS cutouts, catalogues (CSV, "
+                                                         "Parquet, FITS table, VOTable, ECSV, HDF5)"),
+            out: Path = typer.Option(..., "--out", "-o", help="output .parquet, .csv, .fits, .vot, .ecsv or .h5"),
             format: Optional[str] = typer.Option(None, help="parquet | csv | kaggle (votes runs: the submission "
-                                                            "file); default: csv for a .csv --out, else parquet"),
+                                                            "file) | fits | votable | ecsv | hdf5; default: from "
+                                                            "--out's suffix, else parquet"),
             backend: str = typer.Option("auto", help="auto (onnx on a CPU, else torch) | torch | onnx "
                                                     "(onnxruntime, same outputs, faster on CPU) | "
                                                     "onnx-int8 (quantised, fastest on CPU)"),
-            engine: str = typer.Option("local", help="local | ray (pip install zoomorph[ray])"),
+            engine: str = typer.Option("local", help="local | ray (pip install zoomorph\\[ray])"),
             tta: bool = typer.Option(False, help="average over the 8 rotations/flips"),
             mc_samples: int = typer.Option(0, help="Monte-Carlo dropout samples (>= 2) for uncertainty"),
             preset: Optional[str] = typer.Option(None, help="votes runs: also derive this preset's class"),
@@ -302,7 +304,10 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
             chunk_size: int = typer.Option(4096, help="rows per output part (the unit of resumption)"),
             ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out that is not "
-                                                                      "predict's own output, and redo a finished one")
+                                                                      "predict's own output, and redo a finished one"),
+            healpix: Optional[int] = typer.Option(None, help="add a nested HEALPix pixel column of this order from "
+                                                             "the catalogue's RA/Dec (pip install "
+                                                             "'zoomorph\\[healpix]')")
             ) -> None:
     """Classify any number of images, streaming, in chunks; re-run the same command to resume."""
     from zoomorph.api import predict as run_predict
@@ -310,7 +315,7 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
 
     summary = run_predict(run, inputs, out, format=format, backend=backend, engine=engine, tta=tta,
                           mc_samples=mc_samples, preset=preset, batch_size=batch_size, workers=workers,
-                          chunk_size=chunk_size, ray_address=ray_address, overwrite=overwrite)
+                          chunk_size=chunk_size, ray_address=ray_address, overwrite=overwrite, healpix=healpix)
     if summary.already_complete:
         console.print(f"{summary.out} is already complete: {summary.total:,} inputs, {summary.ok:,} classified, "
                       f"{summary.errors:,} unreadable; nothing redone (--overwrite predicts it again)")
@@ -324,7 +329,45 @@ def predict(run: Path = typer.Argument(..., help="run folder (from `zoomorph tra
 
 @app.command()
 @user_errors
-def export(run: Path = typer.Argument(..., help="run folder"),
+def cutouts(catalogue: Path = typer.Argument(..., help="catalogue with RA/Dec in degrees: CSV, Parquet, FITS, "
+                                                       "VOTable or ECSV"),
+            survey: str = typer.Option("legacy", help="legacy (Legacy Survey viewer) | sdss (SkyServer DR18)"),
+            out: Path = typer.Option(..., "--out", "-o", help="folder for the cutouts and catalogue.csv/.parquet"),
+            format: str = typer.Option("jpeg", help="jpeg | fits (legacy: g, r, z bands)"),
+            layer: Optional[str] = typer.Option(None, help="legacy: the viewer's layer (default ls-dr10)"),
+            size: int = typer.Option(424, help="side in pixels (legacy at most 512, sdss 2048)"),
+            pixscale: Optional[float] = typer.Option(None, help="arcsec per pixel (default the survey's: "
+                                                                "0.262 legacy, 0.396 sdss)"),
+            radius_column: Optional[str] = typer.Option(None, help="instead of --pixscale: each galaxy's radius "
+                                                                   "in arcsec (e.g. petroR90_r)"),
+            radius_multiple: float = typer.Option(8.48, help="with --radius-column: the side in radii (8.48: "
+                                                             "Galaxy Zoo 2's framing)"),
+            id_column: Optional[str] = typer.Option(None, help="file names from this column (default the first "
+                                                               "of objid, id, galaxyid, ...; made safe)"),
+            base_url: Optional[str] = typer.Option(None, help="another address for the service (mirror, test)"),
+            concurrency: int = typer.Option(4, help="requests at once"),
+            rate: float = typer.Option(5.0, help="request starts per second, retries included"),
+            retries: int = typer.Option(4, help="retries on 5xx, 429, timeouts, bad bodies (never on 404)"),
+            backoff: float = typer.Option(1.0, help="seconds before the first retry, doubled for each next"),
+            timeout: float = typer.Option(30.0, help="seconds without an answer before a try fails"),
+            max_wait: float = typer.Option(120.0, help="the longest pause, a server's Retry-After included")
+            ) -> None:
+    r"""Fetch a colour cutout for every catalogue position (pip install 'zoomorph\[cutouts]'); re-run to resume."""
+    from zoomorph.api import cutouts as run_cutouts
+
+    summary = run_cutouts(catalogue, out, survey=survey, format=format, layer=layer, size=size, pixscale=pixscale,
+                          radius_column=radius_column, radius_multiple=radius_multiple, id_column=id_column,
+                          base_url=base_url, concurrency=concurrency, rate=rate, retries=retries, backoff=backoff,
+                          timeout=timeout, max_wait=max_wait)
+    console.print(f"{summary.total:,} rows -> {summary.catalogue}: {summary.fetched:,} fetched, "
+                  f"{summary.on_disk:,} already on disk, {summary.failed:,} failed (see the status and error "
+                  f"columns); {summary.requests:,} requests in {summary.seconds:,.1f} s")
+    for reason, n in list(summary.reasons.items())[:5]:
+        console.print(f"  {n:,} failed: {escape(reason)}")
+
+@app.command()
+@user_errors
+def export(run: Path = typer.Argument(..., help="run folder or packed model (writes to NAME.outputs/)"),
            format: str = typer.Option("onnx", help="onnx (the only format so far)"),
            out: Optional[Path] = typer.Option(None, "--out", "-o",
                                               help="file (default RUN/model.onnx, RUN/model.int8.onnx)"),
@@ -349,7 +392,30 @@ def export(run: Path = typer.Argument(..., help="run folder"),
 
 @app.command()
 @user_errors
-def serve(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`)"),
+def pack(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`), or a packed model to repack"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="NAME.zoomorph to write (default RUN.zoomorph)"),
+         onnx: bool = typer.Option(True, help="export the ONNX graph first when the run has none")) -> None:
+    """Pack a run into one file: weights (safetensors), ONNX, config, metrics, model card, sha256 manifest."""
+    from zoomorph.api import pack as run_pack
+
+    path = run_pack(run, out, onnx=onnx)
+    console.print(f"packed {path} ({path.stat().st_size / 1e6:,.1f} MB): `zoomorph info {path}` shows its card")
+
+
+@app.command()
+@user_errors
+def info(run: Path = typer.Argument(..., help="run folder or packed model (NAME.zoomorph)")) -> None:
+    """Print the model card of a run folder or a packed model (checked against its manifest first)."""
+    from rich.markdown import Markdown
+
+    from zoomorph.api import info as run_info
+
+    console.print(Markdown(run_info(run)))
+
+
+@app.command()
+@user_errors
+def serve(run: Path = typer.Argument(..., help="run folder (from `zoomorph train`) or packed model"),
           host: str = typer.Option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"),
           port: int = typer.Option(8000, help="port"),
           backend: str = typer.Option("auto", help="auto (onnx on a CPU, else torch) | torch | onnx | onnx-int8"),
@@ -364,7 +430,7 @@ def serve(run: Path = typer.Argument(..., help="run folder (from `zoomorph train
           queue: int = typer.Option(128, help="requests in the server at once; more are answered 503"),
           timeout_s: float = typer.Option(30.0, help="seconds to send a body (else 408) and to answer (else 503)"),
           log_level: str = typer.Option("info", help="debug | info | warning")) -> None:
-    """Serve a run over HTTP: a web page at /, POST /v1/classify, GET /v1/model (pip install 'zoomorph[serve]')."""
+    """Serve a run over HTTP: a web page at /, POST /v1/classify, GET /v1/model (pip install 'zoomorph\\[serve]')."""
     from zoomorph.api import serve as run_serve
 
     run_serve(run, host, port, backend=backend, preset=preset, batch_size=batch_size, max_wait_ms=max_wait_ms,

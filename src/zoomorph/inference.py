@@ -140,7 +140,7 @@ def onnx_forward(run: Run, threads: int, int8: bool = False) -> Forward:
     path = run.graph_file(int8)
     if not run.graph_is_current(int8):
         raise ZoomorphError(f"{path} is missing, damaged or was made from other weights: export it again "
-                         f"(`zoomorph export {run.dir}{' --int8' if int8 else ''}`)")
+                         f"(`zoomorph export {run.source}{' --int8' if int8 else ''}`)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     # int8 QDQ graphs are for CPUs: on CUDA they would fall back to float or run slowly

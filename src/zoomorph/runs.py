@@ -10,8 +10,12 @@
     RUN/metrics.json       written by `zoomorph evaluate`, with RUN/predictions_<split>.parquet
     RUN/report.html        written by `zoomorph report`
     RUN/model.onnx         the exported graph (and model.int8.onnx), each with a .json sidecar beside it
+    RUN/MODEL_CARD.md      the model card (zoomorph.card): written by training, refreshed by `zoomorph evaluate`
 
-`Run` is the one place that names these files: every other module asks it.
+`Run` is the one place that names these files: every other module asks it. `Run.open` also opens a packed
+model file, NAME.zoomorph (zoomorph.packed): from its checked, read-only cache folder, with the weights as
+model.safetensors; what commands write for it (metrics, predictions, card, report, graphs) goes to
+NAME.outputs/ beside the file (`Run.out_dir`).
 """
 
 from __future__ import annotations
@@ -23,20 +27,25 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import torch
 
 from zoomorph.errors import InputNotFound, ZoomorphError
 from zoomorph.files import replace_atomically
+from zoomorph.io.decode import AUTO, check_auto_cut
 from zoomorph.models import create_model
 from zoomorph.models.recipe import Finetune, Recipe
+from zoomorph.packed import is_packed, open_packed, outputs_dir
 
 _CONFIG, _WEIGHTS, _HISTORY = "config.json", "model.pt", "history.csv"
 _SUMMARY, _METRICS = "summary.json", "metrics.json"
 _CHECKPOINTS, _LAST_CHECKPOINT, _REPORT = "checkpoints", "last.ckpt", "report.html"
-_GRAPH, _INT8_GRAPH = "model.onnx", "model.int8.onnx"
+_GRAPH, _INT8_GRAPH, _CARD = "model.onnx", "model.int8.onnx", "MODEL_CARD.md"
+PACKED_WEIGHTS = "model.safetensors"  # a packed run's weights: safetensors, never a pickle
 # What training writes, and what is derived from the weights: `train --fresh` removes these before it starts.
 RUN_OUTPUTS = (_WEIGHTS, _HISTORY, "history.json", _SUMMARY, _METRICS, "predictions_*.parquet", _REPORT,
-               _GRAPH, _INT8_GRAPH, "model*.onnx.json", _CHECKPOINTS, "logs")
+               _GRAPH, _INT8_GRAPH, "model*.onnx.json", _CHECKPOINTS, "logs", _CARD)
 _FINETUNE_FIELDS = tuple(Finetune().to_dict())  # freeze_epochs, freeze_blocks, backbone_lr_mult
 RECORD = "zoomorph:run"  # key of the weights' own record in the state_dict's _metadata (no module has that name)
 
@@ -114,14 +123,22 @@ class Run:
 
     `Run(dir, config)` is a run about to be trained; `Run.open(dir)` one on disk; `Run.of(x)` takes
     either a Run or a path. A Run pickles with what it has read, so worker processes need not read again.
+    `packed`: the NAME.zoomorph file a run was opened from (None for a run folder); `out_dir`: where
+    commands write (the run folder itself, or NAME.outputs/ beside a packed file: its cache is read-only).
     """
 
-    def __init__(self, dir: Path, config: RunConfig):
+    def __init__(self, dir: Path, config: RunConfig, packed: Path | None = None):
         self.dir, self.config = Path(dir), config
+        self.packed = Path(packed) if packed is not None else None
+        self.out_dir = self.dir if self.packed is None else outputs_dir(self.packed)
 
     @classmethod
     def open(cls, dir: Path) -> "Run":
-        """The run in `dir`; FileNotFoundError when it has no config.json."""
+        """The run in `dir`, or in a packed model file (checked, then read from its cache folder);
+        FileNotFoundError when it has no config.json, PackedFileError for a packed file changed after packing."""
+        if is_packed(dir):
+            cache = open_packed(dir)
+            return cls(cache, RunConfig.load(cache), packed=Path(dir))
         return cls(dir, RunConfig.load(dir))
 
     @classmethod
@@ -130,11 +147,22 @@ class Run:
         return run if isinstance(run, Run) else cls.open(Path(run))
 
     def __repr__(self) -> str:
-        return f"Run({str(self.dir)!r})"
+        return f"Run({str(self.source)!r})"
+
+    def check_cut(self) -> None:
+        """A ZoomorphError naming the run when it was trained on fov auto crops cut otherwise than this
+        version cuts them (zoomorph.io.decode.AUTO_CUT): what predicts, serves or packs it asks first."""
+        if self.config.fov == AUTO:
+            check_auto_cut(self.config.extra.get("fov_auto"), str(self.source))
+
+    @property
+    def source(self) -> Path:
+        """What the user named: the run folder, or the packed file (for messages)."""
+        return self.packed or self.dir
 
     @property
     def name(self) -> str:
-        return self.dir.name
+        return self.packed.stem if self.packed else self.dir.name
 
     # ------------------------------------------------------------ files by name
 
@@ -144,7 +172,7 @@ class Run:
 
     @property
     def weights_file(self) -> Path:
-        return self.dir / _WEIGHTS
+        return self.dir / (PACKED_WEIGHTS if self.packed else _WEIGHTS)
 
     @property
     def history_file(self) -> Path:
@@ -160,11 +188,16 @@ class Run:
 
     @property
     def metrics_file(self) -> Path:
-        return self.dir / _METRICS
+        return self.out_dir / _METRICS
 
     @property
     def report_file(self) -> Path:
-        return self.dir / _REPORT
+        return self.out_dir / _REPORT
+
+    @property
+    def card_file(self) -> Path:
+        """MODEL_CARD.md as written here (a packed file's own card is self.dir / its name)."""
+        return self.out_dir / _CARD
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -177,11 +210,15 @@ class Run:
 
     def predictions_file(self, split: str) -> Path:
         """Where `evaluate` writes its per-galaxy predictions of `split`."""
-        return self.dir / f"predictions_{split}.parquet"
+        return self.out_dir / f"predictions_{split}.parquet"
 
     def graph_file(self, int8: bool = False) -> Path:
-        """The exported graph: RUN/model.onnx, or RUN/model.int8.onnx."""
-        return self.dir / (_INT8_GRAPH if int8 else _GRAPH)
+        """The exported graph: RUN/model.onnx, or RUN/model.int8.onnx; for a packed run the one `export`
+        wrote beside it (out_dir: NAME.outputs/, e.g. an int8 graph calibrated on the user's own images),
+        else the one packed with it."""
+        name = _INT8_GRAPH if int8 else _GRAPH
+        exported = self.out_dir / name
+        return exported if exported.exists() or not (self.dir / name).exists() else self.dir / name
 
     def graph_sidecar(self, int8: bool = False) -> Path:
         return sidecar(self.graph_file(int8))
@@ -193,8 +230,10 @@ class Run:
         return json.loads(self.summary_file.read_text()) if self.summary_file.exists() else {}
 
     def metrics(self) -> dict | None:
-        """metrics.json, or None when the run was never evaluated."""
-        return json.loads(self.metrics_file.read_text()) if self.metrics_file.exists() else None
+        """metrics.json, or None when the run was never evaluated (a packed run not evaluated here: the
+        metrics packed with it)."""
+        path = self.metrics_file if self.metrics_file.exists() or not self.packed else self.dir / _METRICS
+        return json.loads(path.read_text()) if path.exists() else None
 
     @cached_property
     def weights_digest(self) -> str:
@@ -222,11 +261,11 @@ class Run:
         if not path.exists():
             raise InputNotFound(f"{path}: no such file (the run has no trained weights: train it first)")
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            state, record = _read_weights(path, device)
         except Exception as err:  # noqa: BLE001 (random bytes, a truncated zip, a pickle: all mean the file is damaged)
             raise RunFileError(f"{path} is damaged (not a readable PyTorch weights file: {type(err).__name__}): "
                                "copy it back from where the run was trained, or retrain the run") from err
-        trained = self._trained_size(state)
+        trained = record.get("image_size", self.summary().get("image_size"))  # older runs: in the summary
         if trained is not None and trained != cfg.image_size:
             # a fully convolutional model with a global pool loads at any size, and would answer differently
             raise RunFileError(f"{config} says image_size {cfg.image_size}, but {path} was trained at {trained} "
@@ -240,11 +279,6 @@ class Run:
                                f"{len(cfg.classes)} outputs, {cfg.image_size} px): {first}; restore the "
                                "config.json it was trained with, or retrain the run") from err
         return model.to(device).eval()
-
-    def _trained_size(self, state: dict) -> int | None:
-        """The image size the weights were trained at: their own record, else (older runs) the training summary."""
-        recorded = getattr(state, "_metadata", {}).get(RECORD, {}).get("image_size")
-        return self.summary().get("image_size") if recorded is None else recorded
 
     # ------------------------------------------------------------ what training writes
 
@@ -290,6 +324,18 @@ class Run:
             leftover.unlink()
         self.config.save(self.dir)
         return last if resume and last.exists() else None
+
+
+def _read_weights(path: Path, device) -> tuple[dict, dict]:
+    """The state_dict in a weights file and the weights' own record (the image size they were trained at):
+    model.pt by torch (weights only), a packed run's model.safetensors by safetensors, which holds tensors
+    and text and nothing that runs code (the file may come from anyone)."""
+    if path.suffix == ".safetensors":
+        with safetensors.safe_open(path, "pt") as weights:
+            meta = weights.metadata() or {}
+        return safetensors.torch.load_file(path, device=str(device)), json.loads(meta.get(RECORD, "{}"))
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state, getattr(state, "_metadata", {}).get(RECORD, {})
 
 
 def _brief(value) -> str:

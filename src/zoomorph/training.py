@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import zoomorph
+from zoomorph.card import write_card
 from zoomorph.data.augment import build_augment
 from zoomorph.data.datamodule import GalaxyDataModule
 from zoomorph.data.dataset import PreparedData
@@ -43,6 +44,7 @@ from zoomorph.finetune import (
     parent_record,
 )
 from zoomorph.inference import to_input
+from zoomorph.io.decode import AUTO
 from zoomorph.models import create_model, model_spec
 from zoomorph.models.recipe import Recipe
 from zoomorph.runs import Run, RunConfig
@@ -268,7 +270,8 @@ def train(data, *, model: str | None = None, head: str = "classes", run_dir: Pat
                        str(data.root.resolve()), data.split_hash,
                        extra={"recipe": recipe.to_dict(), "balance": balance, "seed": seed,
                               "deterministic": deterministic, "versions": _versions(),
-                              "n_train": len(dm.train_rows), "n_val": len(dm.val_rows)})
+                              "n_train": len(dm.train_rows), "n_val": len(dm.val_rows),
+                              **({"fov_auto": data.settings["fov_auto"]} if data.fov == AUTO else {})})
     if finetune:
         config.extra["finetune"] = {"parent": parent_record(parent), **finetune.to_dict()}
     run = Run(run_dir, config)
@@ -288,6 +291,7 @@ def train(data, *, model: str | None = None, head: str = "classes", run_dir: Pat
         return TrainResult(run_dir, {})
     net = export_best(best, run)
     summary = write_summary(run, net, best, data, dm)
+    write_card(run)  # RUN/MODEL_CARD.md, refreshed by evaluate
     return TrainResult(run_dir, summary)
 
 

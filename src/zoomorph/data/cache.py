@@ -11,6 +11,7 @@ flag) comes back with the block.
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -21,8 +22,7 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from zoomorph.io.decode import AUTO, AUTO_MULTIPLE, FOV_COLUMNS, Fov, default_workers, fov_columns, load
-from zoomorph.io.extent import MEASURE_SIDE
+from zoomorph.io.decode import AUTO, AUTO_CUT, FOV_COLUMNS, Fov, default_workers, fov_columns, load
 from zoomorph.io.sources import ImageError, source_file
 
 BLOCK = 256  # rows per task: large enough to amortise scheduling, small enough for a smooth bar
@@ -36,9 +36,8 @@ class CacheResult:
 
 
 def cache_key(sources: list[str], size: int, fov: Fov) -> str:
-    """Changes when any input file, the list, or the settings change (for fov auto, its multiple and its
-    measuring grid too)."""
-    mode = f"{AUTO}:{AUTO_MULTIPLE}:{MEASURE_SIDE}" if fov == AUTO else str(fov)
+    """Changes when any input file, the list, or the settings change (for fov auto, how it cuts: AUTO_CUT)."""
+    mode = f"{AUTO}:{json.dumps(AUTO_CUT, sort_keys=True)}" if fov == AUTO else str(fov)
     h = hashlib.sha256(f"{size}:{mode}".encode())
     for s in sources:
         try:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from zoomorph.errors import InputNotFound, ZoomorphError
-from zoomorph.io.decode import Fov, parse_fov
+from zoomorph.io.decode import AUTO, Fov, check_auto_cut, parse_fov
 from zoomorph.labels import Preset
 from zoomorph.schema import ANSWER_COLUMNS
 
@@ -76,7 +76,10 @@ class PreparedData:
     @property
     def fov(self) -> Fov:
         """The central crop they were cut from, in Kaggle (424 px) pixels, or "auto" (each galaxy's own)."""
-        return parse_fov(self.settings["fov"], f"{self.root / SETTINGS_FILE}: fov")
+        fov = parse_fov(self.settings["fov"], f"{self.root / SETTINGS_FILE}: fov")
+        if fov == AUTO:  # cached by another version's auto crop: training on it would not match predict
+            check_auto_cut(self.settings.get("fov_auto"), str(self.root))
+        return fov
 
     @property
     def preset_name(self) -> str | None:

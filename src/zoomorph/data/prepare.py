@@ -33,7 +33,7 @@ from zoomorph.data.dataset import (
 from zoomorph.data.labelled import Catalog, build_catalog
 from zoomorph.data.split import given_split, reuse_or_make, write_manifest
 from zoomorph.errors import ZoomorphError
-from zoomorph.io.decode import AUTO, AUTO_MULTIPLE, DEFAULT_FOV, FOV_COLUMNS, Fov, parse_fov
+from zoomorph.io.decode import AUTO, AUTO_CUT, DEFAULT_FOV, FOV_COLUMNS, Fov, parse_fov
 from zoomorph.labels import DEFAULT_PRESET, get_preset
 from zoomorph.schema import ANSWER_COLUMNS
 
@@ -144,7 +144,7 @@ def prepare(images: Path, labels: Path | None, out: Path, *, preset: str = DEFAU
     settings = {
         "classes": classes, "preset": chosen.name if chosen else "folders",
         "rules": chosen.to_dict()["rules"] if chosen else None, "conflicts": conflicts, "image_size": size,
-        "fov": fov, **({"fov_multiple": AUTO_MULTIPLE} if fov == AUTO else {}), "split_hash": split_hash,
+        "fov": fov, **({"fov_auto": AUTO_CUT} if fov == AUTO else {}), "split_hash": split_hash,
         "split": {"val": val, "test": test, "seed": seed} if split_file is None else {"manifest": str(split_file)},
         "cache_key": key,
         "images": str(images), "labels": str(labels) if labels else None, "counts": counts,

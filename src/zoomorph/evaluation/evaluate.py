@@ -20,6 +20,7 @@ import torch
 from rich import box
 from rich.table import Table
 
+from zoomorph.card import write_card
 from zoomorph.data.dataset import PreparedData
 from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation.metrics import (
@@ -33,6 +34,7 @@ from zoomorph.evaluation.metrics import (
 from zoomorph.evaluation.robustness import shift_settings, shifted_outputs
 from zoomorph.evaluation.shifts import level
 from zoomorph.inference import Predictor
+from zoomorph.io.decode import AUTO, check_auto_cut
 from zoomorph.labels import assign
 from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS
@@ -46,13 +48,14 @@ def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "va
     """Score a trained run on `split`, plainly and (tta=True) averaged over the 8 dihedral views; with
     `shifts`, also on the survey-shift suite (metrics["shifts"], see `shift_suite`).
 
-    Writes RUN/metrics.json and RUN/predictions_<split>.parquet; returns the metrics dict.
+    Writes RUN/metrics.json and RUN/predictions_<split>.parquet and refreshes RUN/MODEL_CARD.md (for a
+    packed file, into NAME.outputs/ beside it: Run.out_dir); returns the metrics dict.
     """
     started = time.perf_counter()
     run = Run.of(run)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg = run.load_model(device), run.config
-    data = _data_for(cfg, data_dir, run.dir)
+    data = _data_for(cfg, data_dir, run.source)
     rows = data.indices(split, labelled=cfg.head == "classes")  # the votes head scores every galaxy
     if len(rows) == 0:
         raise ZoomorphError(f"{data.root}: no galaxies to evaluate in split {split!r}")
@@ -79,8 +82,10 @@ def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "va
         "evaluated": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
                       "seconds": round(time.perf_counter() - started, 2)},
     }
+    run.out_dir.mkdir(parents=True, exist_ok=True)
     run.metrics_file.write_text(json.dumps(metrics, indent=2))
     predictions.to_parquet(run.predictions_file(split), index=False)
+    write_card(run)
     return metrics
 
 
@@ -94,6 +99,8 @@ def shift_suite(model: torch.nn.Module, cfg: RunConfig, table: pd.DataFrame, sco
     "reference" is the untransformed frames through the same full-resolution path, the baseline each
     shift is measured against (it can differ a little from "plain": the cache decodes by DCT scaling).
     """
+    if cfg.fov == AUTO:  # the suite cuts as this version does: the run must have learnt from those crops
+        check_auto_cut(cfg.extra.get("fov_auto"), f"the run trained on {cfg.data}")
     started = time.perf_counter()
     settings = shift_settings()
     outputs = shifted_outputs(Predictor.from_model(model, cfg.head), table["source"].tolist(), cfg.image_size,
@@ -115,6 +122,10 @@ def _data_for(cfg: RunConfig, data_dir: Path | None, run_dir: Path) -> PreparedD
     if data.image_size != cfg.image_size:
         raise ZoomorphError(f"{data.root} holds {data.image_size} px images; "
                          f"{run_dir} was trained on {cfg.image_size} px (prepare the data at that size)")
+    if data.fov != cfg.fov or (cfg.fov == AUTO and data.settings.get("fov_auto") != cfg.extra.get("fov_auto")):
+        raise ZoomorphError(f"{data.root} is cut with fov {data.fov!r}; {run_dir} was trained on fov {cfg.fov!r} "
+                            "(prepare the data with the run's fov)" if data.fov != cfg.fov else
+                            f"{data.root} and {run_dir} were cut with different fov auto crops (prepare again)")
     if cfg.head == "classes" and data.classes != list(cfg.classes):
         raise ZoomorphError(f"{data.root} has classes {data.classes}; {run_dir} predicts {list(cfg.classes)}")
     if cfg.head == "votes" and not data.has_votes:

@@ -49,6 +49,7 @@ def write_report(run: Run | Path, out: Path | None = None) -> Path:
     intro = text("<p>Evaluated on the <b>{}</b> split ({:,} galaxies, split hash <code>{}</code>), {}.</p>",
                  metrics["split"], metrics["n"], metrics["split_hash"], metrics["evaluated"]["at"])
     out = Path(out) if out else run.report_file
+    out.parent.mkdir(parents=True, exist_ok=True)  # a packed run's NAME.outputs/
     out.write_text(page(title, intro, sections), encoding="utf-8")
     return out
 

@@ -21,6 +21,26 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     return [(name, m) for name, m in root.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+def layer_with_map(model: nn.Module, size: int, min_side: int) -> str:
+    """The name of the deepest Conv2d of the backbone whose map, for `size` px inputs, is at least
+    `min_side` cells on a side (the first one when none is): the last layer's map is often a few cells,
+    too coarse to point at a galaxy's parts."""
+    layers = conv_layers(model)
+    if not layers:
+        raise ZoomorphError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM")
+    sides: dict[str, int] = {}
+    handles = [m.register_forward_hook(lambda _m, _i, out, name=name: sides.__setitem__(name, min(out.shape[-2:])))
+               for name, m in layers]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=_device(model)))
+    finally:
+        for h in handles:
+            h.remove()
+    wide = [name for name, _ in layers if sides[name] >= min_side]
+    return wide[-1] if wide else layers[0][0]
+
+
 def grad_cam(model: nn.Module, image: torch.Tensor, target_class: int | None = None,
              layer: nn.Module | str | None = None) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017) for one image (3, H, W) float in [0, 1].

@@ -2,7 +2,8 @@
 
     sources.py     a source (a path, archive.zip::member, or an Unusable entry with its reason);
                    the one folder walker, zip listing, reading a source's bytes
-    catalogues.py  CSV / Parquet catalogues, a chunk at a time: the path column, other columns exact
+    catalogues.py  catalogues, a chunk at a time: the path column, other columns exact (CSV / Parquet)
+    tables.py      FITS tables, VOTable, ECSV, HDF5 through astropy, with units and descriptions
     ids.py         the id of a file (its name as written) and join_key, the form ids are matched in
     inputs.py      the inputs a user gives -> one ordered listing (id, path, error, catalogue columns)
     decode.py      one source -> cropped, resized RGB uint8 (DCT-draft JPEG, 16-bit, FITS); decode_batch;

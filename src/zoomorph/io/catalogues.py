@@ -1,4 +1,7 @@
-"""Catalogues: a CSV or Parquet table with a path column, its other columns read exactly, a chunk at a time.
+"""Catalogues: a table with a path column, its other columns read exactly, a chunk at a time.
+
+CSV and Parquet here; FITS binary tables, VOTable, ECSV and HDF5 through astropy (zoomorph.io.tables,
+which says which formats must be read whole).
 
 Read a chunk at a time, so a catalogue of millions is never held whole.
 * The path column is the first of PATH_COLUMNS present; it is read as text
@@ -18,6 +21,7 @@ A row without a path is kept: its source is an Unusable naming the catalogue and
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import warnings
@@ -31,6 +35,7 @@ import pyarrow.parquet as pq
 
 from zoomorph.errors import ZoomorphError
 from zoomorph.io.sources import Source, Unusable
+from zoomorph.io.tables import NOTES, table_format, table_frames
 
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
 PATH_COLUMNS = ("path", "file", "filename", "image")  # a catalogue's path column: the first one present
@@ -42,8 +47,11 @@ UNNAMED_INDEX = r"__index_level_\d+__"
 
 
 def is_catalogue(item: str) -> bool:
-    """Whether an input given is a catalogue (a CSV or Parquet file) rather than an image or a folder."""
-    return item.lower().endswith(CATALOGUE_SUFFIXES) and os.path.isfile(item)
+    """Whether an input given is a catalogue (CSV, Parquet or an astropy format; a FITS file holding a table,
+    not an image) rather than an image or a folder."""
+    if not os.path.isfile(item):
+        return False
+    return item.lower().endswith(CATALOGUE_SUFFIXES) or table_format(item) is not None
 
 
 def path_column(columns, catalogue: str) -> str:
@@ -70,8 +78,10 @@ def catalogue_frames(path: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame,
     """A catalogue in pieces of `chunk_size` rows: (its columns but the path column, the rows' sources)."""
     try:
         yield from _frames(path, chunk_size)
+    except ZoomorphError:
+        raise
     except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError, pa.ArrowException,
-            UnicodeDecodeError) as err:
+            UnicodeDecodeError, ValueError, OSError, KeyError) as err:  # the last three: astropy's readers
         # a malformed row stops the run with the file named: dropping it would lose an input unseen
         raise ZoomorphError(f"{path}: cannot read this catalogue ({type(err).__name__}: {str(err).strip()})") from err
 
@@ -89,12 +99,20 @@ def _frames(path: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[Sou
         column = path_column(kinds, path)
         kinds[column] = pa.string()
         frames = (_typed(frame, kinds) for frame in _csv_chunks(path, chunk_size))
+    elif not path.lower().endswith((".parquet", ".pq")):
+        tables = table_frames(path, chunk_size)
+        first = next(tables, None)
+        if first is None:  # no rows
+            return
+        column = path_column(first.columns, path)  # a table's columns are the same in every chunk
+        frames = itertools.chain([first], tables)
     else:
         parquet = pq.ParquetFile(path)
         column = path_column(parquet.schema_arrow.names, path)
         frames = _parquet_frames(parquet, chunk_size)
     row = 0
     for table in frames:
+        table.attrs.setdefault(NOTES, {}).pop(column, None)
         given = table.pop(column)
         yield table, catalogue_sources(path, column, given, first_row=row + 1)
         row += len(table)

@@ -8,7 +8,9 @@ FITS cutouts (zoomorph.io.fits) are stretched to RGB and then cropped the same w
 The field of view (`Fov`) is a central crop in Kaggle pixels, or "auto": the
 galaxy's own extent (zoomorph.io.extent) measured on a DCT-downscaled decode,
 then a square of AUTO_MULTIPLE x its R90 about its centre, cut from a decode at
-the scale that square needs, sky-filled where it passes the frame edge.
+the scale that square needs, sky-filled where it passes the frame edge, and its
+sky moved to SKY_LEVEL (a cutout whose sky was left brighter or darker reads as
+the SDSS frames the models learnt from).
 Decoding workers import this module: it imports no torch.
 """
 
@@ -48,6 +50,15 @@ AUTO_SIDE = (1 / 8, 2.0)
 # An auto JPEG is first decoded at the DCT scale that a crop of this fraction of its shorter side needs
 # (1/2 for 64 px of 424): the radius is measured on it and nearly every crop is cut from it too.
 FIRST_CROP = 1 / 3
+# An auto crop's sky (its border ring's median per band, measured with the extent) is moved to this
+# level: the median sky of the real q1 JPEGs (R, G, B: 4, 4, 3 counts), so an SDSS crop changes by a few
+# counts, and one from a service that leaves the sky brighter (a lighter black point, under-subtracted
+# sky) is brought back to it (evaluate --shifts: sky offset).
+SKY_LEVEL = (4, 4, 3)
+# Everything an auto crop depends on besides the image: recorded with the prepared data, in the run and
+# in predict's fingerprint, so that a run is never fed crops cut another way (check_auto_cut).
+# "version" counts changes to the measurement itself (zoomorph.io.extent): 2 = refined grids, sky level.
+AUTO_CUT = {"version": 2, "multiple": AUTO_MULTIPLE, "measure_side": MEASURE_SIDE, "sky_level": list(SKY_LEVEL)}
 FOV_COLUMNS = ("fov_radius", "fov_crop", "fov_flag")  # what an auto field of view says per image
 
 
@@ -62,6 +73,15 @@ def parse_fov(value: object, where: str = "fov") -> Fov:
         return int(text)
     raise ZoomorphError(f"{where}={value!r}: give the crop's side in Kaggle (424 px) pixels, a whole number "
                         f"from 1 (424 = the whole image), or 'auto' (each galaxy's own extent)")
+
+
+def check_auto_cut(recorded: dict | None, where: str) -> None:
+    """A ZoomorphError naming `where` (prepared data or a run with fov auto) when the auto crop it was made
+    with (`recorded`, its AUTO_CUT) is not the one this version cuts."""
+    if recorded != AUTO_CUT:
+        raise ZoomorphError(f"{where} was made with fov auto cut as {recorded or 'an earlier version did'}; "
+                            f"this version cuts {AUTO_CUT}, other pixels than the model learnt from. Prepare "
+                            f"the data again (and train again), or use the zoomorph version it was made with")
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,14 @@ def crop_resize(im: Image.Image, size: int, crop: float, centre: tuple[float, fl
     return np.asarray(im.resize((size, size), Image.BILINEAR, box=tuple(box), reducing_gap=None), dtype=np.uint8)
 
 
+def level_sky(pixels: np.ndarray, sky: tuple[int, int, int]) -> np.ndarray:
+    """RGB uint8 pixels with their sky moved from `sky` to SKY_LEVEL, per band, clipped to 0-255."""
+    shift = np.subtract(SKY_LEVEL, sky, dtype=np.int16)
+    if not shift.any():
+        return pixels
+    return np.clip(pixels.astype(np.int16) + shift, 0, 255).astype(np.uint8)
+
+
 def auto_box(extent: Extent, width: int, height: int) -> tuple[float, float, float, str]:
     """(centre x, centre y, side, flag) of the auto crop of a width x height image whose extent that is:
     AUTO_MULTIPLE x R90 within AUTO_SIDE, or the full frame (the central square) when it is flagged."""
@@ -130,7 +158,9 @@ def _cut(im: Image.Image, size: int, fov: Fov, width: int, height: int, note: st
     if reduce >= 2:  # whole-block box means first, as a coarser DCT draft gives: resampling 2x+ costs 4x as much
         box = (0, 0, im.size[0] // reduce * reduce, im.size[1] // reduce * reduce)
         im, scale = im.reduce(reduce, box=box), scale / reduce
-    pixels = crop_resize(im, size, side * scale, (x * scale, y * scale), extent.sky)
+    pixels = crop_resize(im, size, side * scale, (x * scale, y * scale), extent.sky or (0, 0, 0))
+    if not flag:  # a fall-back's ring may be no sky (a galaxy filling the frame): left as it is
+        pixels = level_sky(pixels, extent.sky)
     return Decoded(pixels, note, math.nan if flag else extent.r90, side, flag)
 
 

@@ -30,8 +30,12 @@ from PIL import Image
 from scipy import ndimage
 
 MEASURE_SIDE = 53  # the grid's shorter side, about: an eighth of a Kaggle frame (424 px), 4x faster than 106
-FINE_R90 = 4.0  # grid pixels: a galaxy smaller than this is measured again on a grid FINE times as fine
-FINE = 4
+# grid pixels: a galaxy measured smaller than this is measured again on a grid twice as fine (until it is
+# not, or the grid is the image): the box means and smoothing widen a small galaxy, and a coarse grid made
+# one a third as large (a zoom-out) twice its true R90. A typical q1 galaxy (R90 77 px) spans 9.7 of the
+# 53-px grid, so a galaxy is measured with about as many grid pixels to its R90 (8 or more) at any zoom.
+FINE_R90 = 8.0
+MAX_SIDE = 8 * MEASURE_SIDE  # the finest grid's shorter side (a tiny galaxy on a large PNG or FITS frame)
 RING = 0.06  # the border ring's width, as a fraction of the shorter side (at least 2 grid pixels)
 CLIP_SIGMA, CLIP_ITERS = 3.0, 5  # astropy's defaults
 THRESHOLD = 3.0  # the source: smoothed grey above sky + THRESHOLD x the smoothed ring's noise, ...
@@ -52,7 +56,8 @@ class Extent:
     x: float  # flux-weighted centre
     y: float
     r90: float  # radius holding 90% of the flux; nan when flagged
-    sky: tuple[int, int, int]  # per-channel sky level: what a crop past the frame is filled with
+    sky: tuple[int, int, int] | None  # per-channel sky level (None: not measured); what a crop past the frame
+    # is filled with
     flag: str = ""  # "" when the measurement is sound, else why not
 
     def scaled(self, factor: float) -> "Extent":
@@ -90,9 +95,14 @@ def _grid(im: Image.Image, side: int) -> tuple[np.ndarray, int]:
     """Box means of an image down to about `side` on its shorter side (uint8 (h, w, 3)), and the factor;
     Pillow's reduce, as it is 10x faster than numpy's."""
     f = max(1, min(im.size) // side)
+    return _blocks(im, f), f
+
+
+def _blocks(im: Image.Image, f: int) -> np.ndarray:
+    """Means of f x f blocks of an image, uint8 (h, w, 3)."""
     if f > 1:  # the box of the whole blocks only, as a block mean would: no partial block at the edge
         im = im.reduce(f, box=(0, 0, im.size[0] // f * f, im.size[1] // f * f))
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), f
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _ring(a: np.ndarray, width: int) -> np.ndarray:
@@ -104,13 +114,17 @@ def _ring(a: np.ndarray, width: int) -> np.ndarray:
 
 def measure(rgb: np.ndarray | Image.Image) -> Extent:
     """The central galaxy of an RGB uint8 image (H, W, 3) (or a Pillow RGB image): centre, R90 and sky, in
-    its pixels. Measured on a grid of about MEASURE_SIDE pixels, and again on a finer one when the galaxy
-    is smaller than FINE_R90 grid pixels and the image has the pixels."""
+    its pixels. Measured on a grid of about MEASURE_SIDE pixels, then on grids twice as fine while the
+    galaxy is smaller than FINE_R90 grid pixels and the image has the pixels."""
     im = rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
     small, f = _grid(im, MEASURE_SIDE)
     extent = _measure_grid(small, f)
-    if f > 1 and extent.r90 < FINE_R90 * f:
-        extent = _measure_grid(*_grid(im, MEASURE_SIDE * FINE))
+    while f > 1 and extent.r90 < FINE_R90 * f and min(im.size) // (f // 2) <= MAX_SIDE:  # nan: it stands
+        f //= 2
+        finer = _measure_grid(_blocks(im, f), f)
+        if finer.flag:  # noise or a neighbour on the finer grid: the sound coarser measurement stands
+            break
+        extent = finer
     return extent
 
 
@@ -119,7 +133,7 @@ def _measure_grid(small: np.ndarray, f: int) -> Extent:
     h, w = small.shape[:2]
     centre = (w * f / 2, h * f / 2)
     if min(h, w) < 8:
-        return Extent(*centre, math.nan, (0, 0, 0), "image too small to measure")
+        return Extent(*centre, math.nan, None, "image too small to measure")
     width = max(2, round(RING * min(h, w)))
     sky_rgb = tuple(int(v) for v in _middle(_ring(small, width)[::3], axis=0))  # a third is plenty
     grey = (small[..., 0].astype(np.float32) + small[..., 1] + small[..., 2]) / 3

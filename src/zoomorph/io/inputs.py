@@ -2,7 +2,7 @@
 
 An input is an image file, a FITS cutout, a directory (searched recursively),
 a zip archive (read in place, e.g. the Kaggle test zip) or a catalogue
-CSV/Parquet with a path column, whose other columns are carried along. The
+(CSV, Parquet, FITS table, VOTable, ECSV, HDF5) with a path column, whose other columns are carried along. The
 listing has one row per source, in the order the inputs were given, and comes
 in chunks, so that listing a catalogue of millions never holds it whole: a
 directory is walked one folder at a time, a catalogue read a chunk at a time.
@@ -27,11 +27,13 @@ from zoomorph.errors import ZoomorphError
 from zoomorph.io.catalogues import catalogue_frames, is_catalogue, unused_name
 from zoomorph.io.ids import first_non_numeric, source_id
 from zoomorph.io.sources import Source, Unusable, input_sources
+from zoomorph.io.tables import NOTES
 
 OWN_COLUMNS = ("id", "path", "error")
 
 
-def _frame(sources: list[Source], columns: pd.DataFrame | None = None) -> pd.DataFrame:
+def _frame(sources: list[Source], columns: pd.DataFrame | None = None,
+           notes: dict[str, dict] | None = None) -> pd.DataFrame:
     bad = [isinstance(s, Unusable) for s in sources]
     frame = pd.DataFrame({
         "id": [None if b else source_id(s) for s, b in zip(sources, bad)],
@@ -40,7 +42,11 @@ def _frame(sources: list[Source], columns: pd.DataFrame | None = None) -> pd.Dat
     if columns is None:
         return frame
     taken = set(columns.columns) | set(OWN_COLUMNS)
-    columns = columns.rename(columns={c: unused_name(f"input_{c}", taken) for c in OWN_COLUMNS})
+    renamed = {c: unused_name(f"input_{c}", taken) for c in OWN_COLUMNS}
+    if notes is not None:  # the first catalogue to describe a column describes it
+        for name, note in columns.attrs.get(NOTES, {}).items():
+            notes.setdefault(renamed.get(name, name), note)
+    columns = columns.rename(columns=renamed)
     return pd.concat([frame, columns.reset_index(drop=True)], axis=1)
 
 
@@ -51,7 +57,7 @@ def frame_sources(frame: pd.DataFrame | dict[str, list]) -> list[Source]:
             for path, error in zip(frame["path"], frame["error"])]
 
 
-def _pieces(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataFrame]:
+def _pieces(inputs: list[str | Path], chunk_size: int, notes: dict | None) -> Iterator[pd.DataFrame]:
     """The listing in pieces of at most `chunk_size` rows: runs of image inputs, catalogue frames."""
     files: list[Source] = []
     for item in map(os.fspath, inputs):
@@ -60,7 +66,7 @@ def _pieces(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataFrame]
                 yield _frame(files)
                 files = []
             for columns, sources in catalogue_frames(item, chunk_size):
-                yield _frame(sources, columns)
+                yield _frame(sources, columns, notes)
             continue
         for source in input_sources(item):
             files.append(source)
@@ -71,12 +77,14 @@ def _pieces(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataFrame]
         yield _frame(files)
 
 
-def iter_listing(inputs: list[str | Path], chunk_size: int) -> Iterator[pd.DataFrame]:
+def iter_listing(inputs: list[str | Path], chunk_size: int,
+                 notes: dict[str, dict] | None = None) -> Iterator[pd.DataFrame]:
     """The listing in frames of exactly `chunk_size` rows (the last one fewer). Raises if there are no
-    images at all."""
+    images at all. `notes`, when given, collects the units and descriptions of catalogue columns as they
+    are read: {listing column: {"unit": .., "description": ..}} (zoomorph.io.tables)."""
     pending: list[pd.DataFrame] = []
     held = chunks = 0
-    for piece in _pieces(inputs, chunk_size):
+    for piece in _pieces(inputs, chunk_size, notes):
         pending.append(piece)
         held += len(piece)
         while held >= chunk_size:

@@ -26,20 +26,20 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from zoomorph.errors import MissingExtra, ZoomorphError
-from zoomorph.io.decode import AUTO, AUTO_MULTIPLE
+from zoomorph.io.decode import AUTO, AUTO_CUT
 from zoomorph.labels import get_preset
 from zoomorph.predict.guards import check_not_listed, check_out
+from zoomorph.predict.healpix import COLUMN as HEALPIX_COLUMN, Healpix, check_healpix
 from zoomorph.predict.listing import Listing
 from zoomorph.predict.local_engine import local_results
 from zoomorph.predict.onnx import exported
 from zoomorph.predict.ray_engine import ray_results
-from zoomorph.predict.results import PredictOptions, output_columns
+from zoomorph.predict.results import PredictOptions, output_columns, result_schema
 from zoomorph.predict.writers import FORMATS, PartWriter, discard_parts, disk_full, finished, is_disk_full, parts_dir
 from zoomorph.runs import Run, RunConfig, RunFileError, file_digest
 
@@ -67,12 +67,22 @@ class PredictSummary:
 
 # ---------------------------------------------------------------- predict()
 
+SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".fits": "fits", ".fit": "fits",
+                  ".fts": "fits", ".vot": "votable", ".votable": "votable", ".ecsv": "ecsv", ".hdf5": "hdf5",
+                  ".h5": "hdf5"}
+
+
 def output_format(out: Path, fmt: str | None) -> str:
-    """The format asked for, else csv for a .csv --out and parquet otherwise; a .csv or .parquet --out in
-    the other format is refused, as a file that says one thing and holds another misleads every reader."""
+    """The format asked for, else the one --out's suffix names (SUFFIX_FORMATS), else parquet; a --out whose
+    suffix names another format is refused (a Kaggle submission is a .csv), as a file that says one thing
+    and holds another misleads every reader."""
     suffix = out.suffix.lower()
-    fmt = fmt or ("csv" if suffix == ".csv" else "parquet")
-    if (suffix == ".csv" and fmt == "parquet") or (suffix in (".parquet", ".pq") and fmt in ("csv", "kaggle")):
+    if suffix in (".gz", ".bz2", ".xz", ".zst", ".zip"):  # x.fits.gz would be Parquet bytes under a FITS name
+        raise ZoomorphError(f"--out {out}: predict writes no compressed file (it is written part by part and "
+                            f"resumed); write {out.with_suffix('').name} and compress it afterwards")
+    named = SUFFIX_FORMATS.get(suffix)
+    fmt = fmt or named or "parquet"
+    if named and fmt != named and (named, fmt) != ("csv", "kaggle"):
         raise ZoomorphError(f"--out {out} ends in {suffix} but the format is {fmt}: give --out a matching suffix")
     return fmt
 
@@ -167,7 +177,7 @@ def _graph_digest(run: Run, backend: str, auto: bool, progress: bool) -> str | N
     except Exception as err:  # noqa: BLE001 (any export failure: torch still serves the model as trained)
         if not auto:
             raise
-        warnings.warn(f"could not export {run.dir} to ONNX ({type(err).__name__}: {err}); predicting with torch",
+        warnings.warn(f"could not export {run.source} to ONNX ({type(err).__name__}: {err}); predicting with torch",
                       stacklevel=3)
         return None
     return file_digest(graph)
@@ -177,10 +187,12 @@ def predict(run: Run | Path, inputs: list[str | Path], out: Path, *, format: str
             backend: str = "auto", engine: str = "local", tta: bool = False, mc_samples: int = 0,
             batch_size: int | None = None, workers: int | None = None, chunk_size: int = 4096,
             preset: str | None = None, ray_address: str | None = None, progress: bool = True,
-            overwrite: bool = False) -> PredictSummary:
+            overwrite: bool = False, healpix: int | None = None) -> PredictSummary:
     """Classify every image in `inputs` into `out`: one row per input, in input order (docs/predict.md).
 
-    `format`: parquet, csv or kaggle; by default csv for a .csv `out`, else parquet.
+    `format`: parquet, csv, kaggle, fits, votable, ecsv or hdf5; by default the one `out`'s suffix names,
+    else parquet (docs/catalogues.md). `healpix`: an order, to add the nested HEALPix pixel of each row's
+    RA and Dec (needs the healpix extra and a catalogue with RA and Dec).
     Resumable: rerun the same call after a crash, a kill or a full disk and it carries on from the parts
     written; rerun after it finished, it says so (`already_complete`) unless `overwrite`. An existing `out`
     that is not predict's own output is replaced only with `overwrite`; an input never is.
@@ -189,12 +201,15 @@ def predict(run: Run | Path, inputs: list[str | Path], out: Path, *, format: str
     """
     started = time.perf_counter()
     run, out = Run.of(run), Path(out)
+    run.check_cut()  # before anything is exported or claimed
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)  # read twice: checks, then listing
     cfg = run.config
     auto, backend = backend == "auto", chosen_backend(backend, engine, mc_samples)
     format = output_format(out, format)
     _check(cfg, format, backend, engine, mc_samples, preset)
     _check_sizes(batch_size, workers, chunk_size)
+    if healpix is not None:
+        check_healpix(healpix)
     check_out(out, inputs, format, overwrite)
     graph = _graph_digest(run, backend, auto, progress) if backend != "torch" else None
     if graph is None:  # torch asked for, chosen, or fallen back to
@@ -204,20 +219,24 @@ def predict(run: Run | Path, inputs: list[str | Path], out: Path, *, format: str
     options = PredictOptions(backend=backend, tta=tta, mc_samples=mc_samples, preset=preset)
     # the graph's digest too: a re-calibrated int8 graph gives other results
     settings = options.as_settings() | {"chunk_size": chunk_size} | ({"graph_sha256": graph} if graph else {})
-    if cfg.fov == AUTO:  # the run's field of view is its galaxies' own: another multiple cuts other pixels
-        settings["fov_multiple"] = AUTO_MULTIPLE
+    if healpix is not None:  # parts with and without the column cannot be joined
+        settings["healpix"] = healpix
+    if cfg.fov == AUTO:  # the run's field of view is its galaxies' own: another version cuts other pixels
+        settings["fov_auto"] = AUTO_CUT
     writer = None
     try:
         with _claimed(parts_dir(out)):
-            listing = Listing.scan(inputs, parts_dir(out), chunk_size, reserved=frozenset(columns),
+            reserved = frozenset(columns) | ({HEALPIX_COLUMN} if healpix is not None else set())
+            listing = Listing.scan(inputs, parts_dir(out), chunk_size, reserved=reserved,
                                    check=_galaxy_ids if format == "kaggle" else None)
             check_not_listed(out, listing)
+            pixels = None if healpix is None else Healpix(healpix, listing.schema)
             fingerprint = _fingerprint(run, listing, settings)
             done = None if overwrite else finished(out)
             if done and (done["fingerprint"], done["format"]) == (fingerprint, format):
                 discard_parts(out, fingerprint)
                 return PredictSummary(listing.rows, done["ok"], done["errors"], out, 0, 0.0, backend, True)
-            writer = PartWriter(out, listing, pa.schema(list(columns.items())), fingerprint)
+            writer = PartWriter(out, listing, result_schema(cfg, preset, mc_samples), fingerprint, pixels)
             pending = writer.pending()
             todo = sum(stop - start for start, stop in map(listing.chunk_rows, pending))
             if pending:

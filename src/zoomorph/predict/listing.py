@@ -31,6 +31,10 @@ from zoomorph.io.catalogues import unused_name
 from zoomorph.io.ids import first_non_numeric
 from zoomorph.io.inputs import OWN_COLUMNS, frame_sources, iter_listing
 from zoomorph.io.sources import Source
+from zoomorph.io.tables import with_notes
+
+OWN_NOTES = {"id": {"description": "the image's id: its file name without the suffix"},
+             "path": {"description": "the image: a file, or archive.zip::member"}}
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class Listing:
     folder: Path
     chunk_size: int
     rows: int
-    schema: pa.Schema  # the output's listing columns, one for every chunk: id is int64 when every id is numeric
+    schema: pa.Schema  # the output's listing columns, one for every chunk: id is int64 when every id is numeric;
+    # units and descriptions as field metadata (io.tables.with_notes)
     digest: str  # sha256 over every chunk's column names and values, in order
     not_numeric: str | None  # the first id that is not a number; None when they are GalaxyIDs
 
@@ -59,9 +64,12 @@ class Listing:
     @classmethod
     def _scan(cls, inputs: list, folder: Path, chunk_size: int, reserved: frozenset[str]) -> Listing:
         digest, schemas, rows, not_numeric = hashlib.sha256(), [], 0, None
-        for k, frame in enumerate(iter_listing(inputs, chunk_size)):
-            frame = frame.rename(columns={c: unused_name(f"input_{c}", frame.columns)
-                                          for c in frame.columns[len(OWN_COLUMNS):] if c in reserved})
+        notes, renamed = dict(OWN_NOTES), {}
+        for k, frame in enumerate(iter_listing(inputs, chunk_size, notes)):
+            renames = {c: unused_name(f"input_{c}", frame.columns)
+                       for c in frame.columns[len(OWN_COLUMNS):] if c in reserved}
+            renamed.update(renames)
+            frame = frame.rename(columns=renames)
             digest.update(json.dumps(list(map(str, frame.columns))).encode())
             digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
             if not_numeric is None:
@@ -74,6 +82,7 @@ class Listing:
         schema = schema.remove(schema.get_field_index("error"))  # the output has its own error column
         if not_numeric is None:
             schema = schema.set(0, pa.field("id", pa.int64()))
+        schema = with_notes(schema, {renamed.get(name, name): note for name, note in notes.items()})
         return cls(folder, chunk_size, rows, schema, digest.hexdigest(), not_numeric)
 
     @property

@@ -30,7 +30,7 @@ from torch import nn
 
 from zoomorph.errors import ZoomorphError
 from zoomorph.inference import GRAPH_INPUT, GRAPH_OUTPUT, PixelModel
-from zoomorph.io.decode import AUTO, AUTO_MULTIPLE
+from zoomorph.io.decode import AUTO, AUTO_CUT, AUTO_MULTIPLE, SKY_LEVEL
 from zoomorph.predict import quantize
 from zoomorph.runs import Run, RunConfig, file_digest, sidecar
 from zoomorph.schema import Q1
@@ -51,11 +51,12 @@ def _trace(model: nn.Module, cfg: RunConfig, out: Path) -> None:
         exporter_log.setLevel(level)
 
 
-def _preprocessing(cfg: RunConfig) -> str:
+def describe_preprocessing(cfg: RunConfig) -> str:
     """How the pixels the graph takes are cut from an image (zoomorph.io.decode)."""
     if cfg.fov == AUTO:
         return (f"fov auto: a square of {AUTO_MULTIPLE} x the galaxy's R90 about its flux-weighted centre "
-                f"(zoomorph.io.extent), sky-filled past the frame edge, bilinear resize to {cfg.image_size}")
+                f"(zoomorph.io.extent), sky-filled past the frame edge, its sky moved to {list(SKY_LEVEL)}, "
+                f"bilinear resize to {cfg.image_size}")
     return f"central crop of {cfg.fov}/424 of the shorter side, bilinear resize to {cfg.image_size}"
 
 
@@ -79,12 +80,15 @@ def export_onnx(run: Run | Path, out: Path | None = None, *, int8: bool = False,
     """Write the run's model as ONNX (dynamic batch) plus its JSON sidecar; returns the .onnx path.
 
     `int8`: statically quantised, calibrated on `calibration` (any predict inputs) or, when not
-    given, on the run's own training images; written to RUN/model.int8.onnx by default.
+    given, on the run's own training images; written to RUN/model.int8.onnx by default (for a packed
+    file, NAME.outputs/model.onnx or model.int8.onnx).
     """
     if calibration and not int8:
         raise ZoomorphError("calibration images set the int8 activation ranges: give them with int8=True (--int8)")
     run = Run.of(run)
-    out = Path(out) if out else run.graph_file(int8)
+    run.check_cut()  # a graph's sidecar records this version's auto crop
+    out = Path(out) if out else run.out_dir / run.graph_file(int8).name  # a packed run: NAME.outputs/
+    out.parent.mkdir(parents=True, exist_ok=True)
     model, cfg = run.load_model(), run.config
     tmp = out.with_name(out.name + ".tmp")  # written whole or not at all, as the weights check trusts it
     if int8:
@@ -95,9 +99,9 @@ def export_onnx(run: Run | Path, out: Path | None = None, *, int8: bool = False,
     os.replace(tmp, out)
     meta = {
         "model": cfg.model, "head": cfg.head, "classes": cfg.classes, "preset": cfg.preset,
-        "image_size": cfg.image_size, "fov": cfg.fov, **({"fov_multiple": AUTO_MULTIPLE} if cfg.fov == AUTO else {}),
+        "image_size": cfg.image_size, "fov": cfg.fov, **({"fov_auto": AUTO_CUT} if cfg.fov == AUTO else {}),
         "input": {"name": GRAPH_INPUT, "dtype": "uint8", "shape": ["batch", cfg.image_size, cfg.image_size, 3],
-                  "layout": "NHWC, RGB 0-255", "preprocessing": _preprocessing(cfg)},
+                  "layout": "NHWC, RGB 0-255", "preprocessing": describe_preprocessing(cfg)},
         "output": {"name": GRAPH_OUTPUT, "dtype": "float32",
                    "meaning": "class probabilities" if cfg.head == "classes" else "cumulative vote fractions"},
         "weights_sha256": run.weights_digest,

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from zoomorph.inference import Predictor
 from zoomorph.io.decode import AUTO, FOV_COLUMNS
+from zoomorph.io.tables import with_notes
 from zoomorph.labels import assign
 from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS, Q1
@@ -51,6 +52,32 @@ def output_columns(cfg: RunConfig, preset: str | None, mc_samples: int) -> dict[
         columns.update(fov_radius=pa.float32(), fov_crop=pa.float32(), fov_flag=pa.string())
     columns["error"] = pa.string()
     return columns
+
+
+RESULT_NOTES = {  # the descriptions (and units) of the result columns, in the outputs that hold them
+    "predicted": {"description": "the most probable class"},
+    "entropy": {"description": "predictive entropy of the class probabilities, in nats (0: certain)"},
+    "std": {"description": "std over the MC dropout samples of the predicted class's probability"},
+    "mutual_info": {"description": "mutual information (BALD) between prediction and model, in nats"},
+    "fov_radius": {"unit": "pix", "description": "the galaxy's R90 in the source image (fov auto)"},
+    "fov_crop": {"unit": "pix", "description": "side of the square cut from the source image (fov auto)"},
+    "fov_flag": {"description": "why the crop fell back to the full frame; empty when it did not"},
+    "error": {"description": "why the image could not be used; empty when it was"},
+}
+
+
+def result_schema(cfg: RunConfig, preset: str | None, mc_samples: int) -> pa.Schema:
+    """output_columns as an Arrow schema, each column with its unit and description (field metadata,
+    io.tables.with_notes), which the FITS, VOTable, ECSV and HDF5 outputs write into their headers."""
+    columns = output_columns(cfg, preset, mc_samples)
+    notes = {c: {"description": f"probability of class {c[2:]}"} for c in columns if c.startswith("p_")}
+    notes.update({c: {"description": f"cumulative vote fraction of answer {c[5:]} (Galaxy Zoo 2 tree)"}
+                  for c in columns if c in ANSWER_COLUMNS})
+    notes.update(RESULT_NOTES)
+    if cfg.head != "classes":
+        notes["predicted"] = {"description": f"the class preset {preset!r} gives the predicted fractions"}
+        notes["entropy"] = {"description": "predictive entropy of the answers to the first question, in nats"}
+    return with_notes(pa.schema(list(columns.items())), notes)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:

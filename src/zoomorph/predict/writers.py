@@ -10,13 +10,14 @@ exists is complete whenever the process dies (SIGKILL included). A rerun with
 the same listing and settings skips the parts already there; with different
 ones it refuses rather than mix stale rows in. When every part is there they
 are concatenated, one at a time (memory stays flat), into OUT (temporary file
-+ rename) and the parts folder is removed.
++ rename) and the parts folder is removed: as Parquet, CSV or a Kaggle submission here, as FITS,
+VOTable, ECSV or HDF5 by table_writers.py (which says how each is assembled).
 
 A finished OUT records what it is (the fingerprint, the format, the counts), so
 that the same call again knows it is done and no one else's file is taken for
 one of predict's: a Parquet OUT in its file metadata (key "zoomorph.predict"),
-a CSV in OUT.predict.json beside it, with OUT's size and modification time, so
-that a CSV edited or replaced since no longer counts as predict's.
+any other in OUT.predict.json beside it, with OUT's size and modification time,
+so that a file edited or replaced since no longer counts as predict's.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ import pyarrow.parquet as pq
 
 from zoomorph.errors import DiskFull, ZoomorphError
 from zoomorph.files import replace_atomically
+from zoomorph.predict.healpix import Healpix
 from zoomorph.predict.listing import Listing
+from zoomorph.predict.table_writers import ASTROPY_FORMATS, write_astropy
 from zoomorph.schema import ANSWER_COLUMNS, ID_COLUMN
 
-FORMATS = ("parquet", "csv", "kaggle")
+FORMATS = ("parquet", "csv", "kaggle", *ASTROPY_FORMATS)
 MANIFEST = "manifest.json"
 RECORD_KEY = b"zoomorph.predict"  # a Parquet OUT's record, in its file metadata
 
@@ -69,9 +72,11 @@ def finished(out: Path) -> dict | None:
 class PartWriter:
     """Collects result rows by chunk and writes each chunk as a part once all its rows arrived."""
 
-    def __init__(self, out: Path, listing: Listing, result_schema: pa.Schema, fingerprint: str):
-        self.out, self.listing, self.result_schema = Path(out), listing, result_schema
-        self.schema = pa.schema([*listing.schema, *result_schema])  # one schema for every part
+    def __init__(self, out: Path, listing: Listing, result_schema: pa.Schema, fingerprint: str,
+                 healpix: Healpix | None = None):
+        self.out, self.listing, self.result_schema, self.healpix = Path(out), listing, result_schema, healpix
+        pixel_field = [healpix.field] if healpix else []  # --healpix: after the listing's columns, from its RA and Dec
+        self.schema = pa.schema([*listing.schema, *pixel_field, *result_schema])  # one schema for every part
         self.dir, self.fingerprint = parts_dir(self.out), fingerprint
         self._buffers: dict[int, list[tuple[np.ndarray, pd.DataFrame]]] = {}
         self._check_manifest({"fingerprint": fingerprint, "rows": listing.rows, "chunk_size": listing.chunk_size})
@@ -115,7 +120,9 @@ class PartWriter:
             raise RuntimeError(f"chunk {chunk}: got rows other than each of {start}..{stop - 1} once")
         results = pd.concat([f for _, f in pieces], ignore_index=True).iloc[order].reset_index(drop=True)
         results = pa.Table.from_pandas(results, schema=self.result_schema, preserve_index=False)
-        table = pa.Table.from_arrays([*self.listing.chunk(chunk).columns, *results.columns], schema=self.schema)
+        listed = self.listing.chunk(chunk)
+        pixels = [self.healpix.of(listed)] if self.healpix else []
+        table = pa.Table.from_arrays([*listed.columns, *pixels, *results.columns], schema=self.schema)
         replace_atomically(self.part_path(chunk), lambda tmp: pq.write_table(table, tmp))
 
     def finish(self, fmt: str) -> tuple[int, int]:
@@ -192,6 +199,9 @@ def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema, record:
                     parquet.write_table(table)
                 parquet.add_key_value_metadata({RECORD_KEY: json.dumps(counted())})
             return
+        if fmt in ASTROPY_FORMATS:
+            write_astropy(fmt, tmp, parts, schema, (table for table, _ in tables()))
+            return
         for i, (table, failed) in enumerate(tables()):
             frame = table.to_pandas(types_mapper=_integers)  # an id column with gaps stays integers in text
             if fmt == "kaggle":  # only readable images, under the challenge's exact header; the others apart
@@ -202,7 +212,7 @@ def _assemble(parts: list[Path], out: Path, fmt: str, schema: pa.Schema, record:
 
     try:
         replace_atomically(out, write)
-        if fmt != "parquet":  # the record goes beside the CSV, with what identifies this very file
+        if fmt != "parquet":  # the record goes beside the file, with what identifies this very file
             stat = out.stat()
             identity = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
             replace_atomically(record_path(out), lambda tmp: tmp.write_text(json.dumps(counted() | identity)))

@@ -16,6 +16,7 @@ import base64
 import binascii
 import copy
 import ctypes
+import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -334,11 +335,27 @@ def model_info(model: ServedModel, limits: Limits, batch_size: int, max_wait_ms:
                      training=training, validation=validation, limits=LimitsInfo(**limits.as_dict()))
 
 
-def _malloc_trim():
+def _glibc(function: str):
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), function)
     except (OSError, AttributeError):  # not glibc
         return None
+
+
+def _malloc_trim():
+    return _glibc("malloc_trim")
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_arenas(arenas: int = 2) -> None:
+    """At most `arenas` glibc malloc arenas for the threads this process starts from now on (as
+    MALLOC_ARENA_MAX=2 would): by default each thread that allocates may get its own, up to 8 per core,
+    and memory freed in one is kept there, so a load spread over many threads leaves the process larger."""
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, arenas)
 
 
 async def trim_when_quiet(batcher: Batcher, every_s: float = 5.0) -> None:
@@ -349,7 +366,8 @@ async def trim_when_quiet(batcher: Batcher, every_s: float = 5.0) -> None:
         await asyncio.sleep(every_s)
         if batcher.images != last:  # busy in this spell
             last, trimmed = batcher.images, False
-        elif not trimmed:  # quiet after a busy one
+        elif not trimmed:  # quiet after a busy one: reference cycles of the spell freed first, then trimmed
+            gc.collect()
             trim(0)
             trimmed = True
 

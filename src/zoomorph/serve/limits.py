@@ -9,6 +9,7 @@ only echoed back, never trusted, and never used as a path.
 from __future__ import annotations
 
 import io
+import os
 import re
 from dataclasses import asdict, dataclass
 
@@ -67,6 +68,9 @@ def busy(limits: Limits, why: str) -> Refused:
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"),
                (b"MM\x00*", "TIFF"), (b"SIMPLE  =", "FITS"))
 FORMATS = tuple(dict.fromkeys(name for _, name in _SIGNATURES))
+# What a name's suffix claims. A name without one of these is judged by its bytes alone.
+_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
+             ".fits": "FITS", ".fit": "FITS", ".fts": "FITS"}
 
 
 class BadImage(Exception):
@@ -81,6 +85,15 @@ def sniff(data: bytes) -> str:
         if data.startswith(signature):
             return name
     raise BadImage(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image (judged by its bytes, not its name)")
+
+
+def check_name(name: str, fmt: str) -> None:
+    """Refuse an image whose name claims another format than its bytes (a PNG named .jpg): a client that
+    mislabels one file may have sent the wrong one, and an answer should not name a file it did not read."""
+    claimed = _SUFFIXES.get(os.path.splitext(name)[1].lower())
+    if claimed and claimed != fmt:
+        raise BadImage(f"its name says {claimed} but its bytes are a {fmt} image: rename it (or send the file "
+                       "you meant)")
 
 
 def check_pixels(data: bytes, fmt: str, limits: Limits) -> None:

@@ -31,7 +31,7 @@ from zoomorph.predict.onnx import exported
 from zoomorph.predict.results import uncertainty
 from zoomorph.runs import Run, RunFileError
 from zoomorph.schema import ANSWER_COLUMNS, Q1
-from zoomorph.serve.limits import BadImage, Limits, check_pixels, sniff
+from zoomorph.serve.limits import BadImage, Limits, check_name, check_pixels, sniff
 
 OVERLAY_SIDE = 256  # px of a Grad-CAM overlay: a 64 px input is shown 4x, smoothly
 
@@ -52,6 +52,7 @@ class ServedModel:
         cfg = self.cfg = self.run.config
         if backend != "auto" and backend not in BACKENDS:
             raise ZoomorphError(f"unknown backend {backend!r}: choose auto or one of {', '.join(BACKENDS)}")
+        self.run.check_cut()
         self.model = self.run.load_model()  # a damaged model.pt fails here, before the port opens
         self.backend = chosen_backend(backend, "local", 0)
         self.forward = self._graph_forward(backend == "auto") if self.backend != "torch" else None
@@ -77,8 +78,8 @@ class ServedModel:
         except Exception as err:  # noqa: BLE001 (as predict: any export failure falls back to torch under auto)
             if not auto:
                 raise
-            warnings.warn(f"could not export {self.run.dir} to ONNX ({type(err).__name__}: {err}); serving with torch",
-                          stacklevel=3)
+            warnings.warn(f"could not export {self.run.source} to ONNX ({type(err).__name__}: {err}); serving "
+                          "with torch", stacklevel=3)
             return None
         # One intra-op thread: the decoding threads and the event loop need the other cores, and onnxruntime's
         # pool spins while it waits (measured on 2 cores under load: 1 thread 362 images/s, 2 threads 277)
@@ -102,6 +103,7 @@ class ServedModel:
     def decode(self, data: bytes, name: str, limits: Limits) -> Decoded:
         """One upload's pixels, cropped and resized as predict's are; BadImage saying why it cannot be."""
         fmt = sniff(data)
+        check_name(name, fmt)
         check_pixels(data, fmt, limits)
         try:
             reader = decode_fits if fmt == "FITS" else decode
