@@ -42,7 +42,17 @@ import torch
 from PIL import Image
 
 from zoomorph.inference import PixelModel, onnx_forward, outputs_to_probs, to_input
-from zoomorph.io.decode import AUTO, DEFAULT_FOV, KAGGLE_SIZE, Fov, decode_batch, default_workers, fov_crop, load
+from zoomorph.io.decode import (
+    AUTO,
+    AUTO_CUT,
+    DEFAULT_FOV,
+    KAGGLE_SIZE,
+    Fov,
+    decode_batch,
+    default_workers,
+    fov_crop,
+    load,
+)
 from zoomorph.io.sources import input_sources
 from zoomorph.models import model_spec
 from zoomorph.predict import export_onnx, predict
@@ -65,7 +75,7 @@ def make_run(root: Path, model: str, size: int | None = None, fov: Fov = DEFAULT
 def auto_twin(run: Path, root: Path) -> Path:
     """The same run (config and weights) with fov "auto": what only the field of view changes."""
     cfg = RunConfig.load(run)
-    cfg.fov = AUTO
+    cfg.fov, cfg.extra = AUTO, {**cfg.extra, "fov_auto": AUTO_CUT}  # as if trained on this version's crops
     cfg.save(root / "run-auto")
     shutil.copy(Run.open(run).weights_file, root / "run-auto")
     return root / "run-auto"
