@@ -18,7 +18,7 @@ SRC = Path(zoomorph.__file__).parent
 # module -> why it may import zoomorph modules inside its functions
 LAZY_ALLOWED = {
     "zoomorph.api": "each command imports what it runs, so `zoomorph --help` and the light commands start fast",
-    "zoomorph.cli": "each command imports what it runs, so `zoomorph --help` and the light commands start fast",
+    "zoomorph.cli": "(and its modules) each command imports what it runs, so `zoomorph --help` starts fast",
 }
 
 
@@ -104,6 +104,6 @@ def test_zoomorph_modules_import_each_other_without_cycles():
 
 def test_zoomorph_imports_sit_at_the_top_of_their_files():
     hidden = sorted({f"{name} imports {target} inside a function"
-                     for name in MODULES if name not in LAZY_ALLOWED
+                     for name in MODULES if not any(name == m or name.startswith(m + ".") for m in LAZY_ALLOWED)
                      for target, inside in imports(name) if inside})
     assert hidden == []
