@@ -128,6 +128,16 @@ def test_answers_equal_predict_with_the_same_backend(served, toy_runs, images, t
     assert not any(a["fractions"] or a["saliency"] or a["error"] for a in plain.json()["results"])
 
 
+def test_releasing_the_memory_arena_leaves_every_answer_as_it_was(served, images):
+    files = sorted(images.glob("*.jpg"))
+    with client(served) as c:
+        before = c.post("/v1/classify", **multipart(files)).json()["results"]
+        assert served.backend == "onnx" and callable(served.forward.release_memory)
+        served.release_memory()  # what the server does once it goes quiet
+        after = c.post("/v1/classify", **multipart(files)).json()["results"]
+    assert after == before
+
+
 def test_mc_dropout_answers_equal_predict(served, toy_runs, images, tmp_path):
     rows = predicted_rows(toy_runs[0], images, tmp_path / "mc.parquet", backend="torch", mc_samples=4)
     with client(served) as c:

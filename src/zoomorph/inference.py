@@ -151,4 +151,14 @@ def onnx_forward(run: Run, threads: int, int8: bool = False) -> Forward:
     def forward(pixels: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([GRAPH_OUTPUT], {GRAPH_INPUT: np.ascontiguousarray(pixels.numpy())})[0])
 
+    shrink = ort.RunOptions()
+    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    one_image = np.zeros((1, *session.get_inputs()[0].shape[1:]), np.uint8)
+
+    def release_memory() -> None:
+        """One run of one image that shrinks the CPU memory arena after it: onnxruntime keeps what a burst
+        of batches took (a long-running server calls this when it goes quiet)."""
+        session.run([GRAPH_OUTPUT], {GRAPH_INPUT: one_image}, shrink)
+
+    forward.release_memory = release_memory
     return forward

@@ -92,6 +92,12 @@ class ServedModel:
         except ZoomorphError:
             return None
 
+    def release_memory(self) -> None:
+        """Hand back what onnxruntime's memory arena took in a busy spell (nothing to do for torch)."""
+        release = getattr(self.forward, "release_memory", None)
+        if release is not None:
+            release()
+
     def warm_up(self, n: int) -> None:
         """Run the model once on `n` images, the largest call it will get: onnxruntime's memory arena grows
         to the largest batch it has seen and keeps it, so memory is at its plateau from the start (and the
