@@ -34,7 +34,7 @@ from zoomorph.evaluation.metrics import (
 from zoomorph.evaluation.robustness import shift_settings, shifted_outputs
 from zoomorph.evaluation.shifts import level
 from zoomorph.inference import Predictor
-from zoomorph.io.decode import AUTO, check_auto_cut
+from zoomorph.io.decode import AUTO
 from zoomorph.labels import assign
 from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS
@@ -53,6 +53,8 @@ def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "va
     """
     started = time.perf_counter()
     run = Run.of(run)
+    if shifts:  # the suite cuts as this version does: the run must have learnt from those crops
+        run.check_cut()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg = run.load_model(device), run.config
     data = _data_for(cfg, data_dir, run.source)
@@ -99,8 +101,6 @@ def shift_suite(model: torch.nn.Module, cfg: RunConfig, table: pd.DataFrame, sco
     "reference" is the untransformed frames through the same full-resolution path, the baseline each
     shift is measured against (it can differ a little from "plain": the cache decodes by DCT scaling).
     """
-    if cfg.fov == AUTO:  # the suite cuts as this version does: the run must have learnt from those crops
-        check_auto_cut(cfg.extra.get("fov_auto"), f"the run trained on {cfg.data}")
     started = time.perf_counter()
     settings = shift_settings()
     outputs = shifted_outputs(Predictor.from_model(model, cfg.head), table["source"].tolist(), cfg.image_size,
