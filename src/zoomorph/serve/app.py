@@ -115,7 +115,7 @@ def create_app(model: ServedModel, limits: Limits | None = None, batch_size: int
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS,
               openapi_extra={"requestBody": request_body()})
-    async def classify(request: Request) -> ClassifyResponse:
+    async def classify(request: Request) -> Response:
         """Classify one or many images: multipart `files` (and form fields tta, mc_samples, saliency), or a
         JSON ClassifyRequest with base64 images. An unreadable image gets its own error entry."""
         try:
@@ -135,22 +135,24 @@ def create_app(model: ServedModel, limits: Limits | None = None, batch_size: int
             results = await asyncio.wait_for(answer(uploads, options, saliency), limits.timeout_s)
         except asyncio.TimeoutError:
             raise busy(limits, f"no answer within {limits.timeout_s:g} s (timeout_s)") from None
-        return ClassifyResponse(request_id=request.state.request_id, model=model.cfg.model, backend=model.backend,
-                                tta=options.tta, mc_samples=options.mc_samples, results=results)
+        response = ClassifyResponse(request_id=request.state.request_id, model=model.cfg.model, backend=model.backend,
+                                    tta=options.tta, mc_samples=options.mc_samples, results=results)
+        # Serialised here, once: returned as a model, FastAPI would validate it again against response_model
+        # (which stays, for the schema), a cost paid per request on the event loop.
+        return Response(response.model_dump_json(), media_type="application/json")
 
     async def answer(uploads: list[Upload], options: Options, saliency: bool) -> list[ImageResult]:
         loop = asyncio.get_running_loop()
         batcher.expect(len(uploads))
         try:
-            decoded = await loop.run_in_executor(decoders, decode_all, model, uploads, limits)
+            decoded, pixels = await loop.run_in_executor(decoders, decode_all, model, uploads, limits)
         finally:
             batcher.expect(-len(uploads))
         ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-        if not ok:
+        if pixels is None:
             raise Refused(422, "no_readable_image", f"no image of the {len(uploads)} sent could be read: "
                           + "; ".join(f"{u.name}: {d}" for u, d in zip(uploads, decoded)),
                           details=[{"name": u.name, "error": d} for u, d in zip(uploads, decoded)])
-        pixels = np.stack([decoded[i].pixels for i in ok])
         answers = model.answers(await batcher.submit(pixels, options))
         overlays = [None] * len(ok)
         if saliency:
@@ -278,8 +280,9 @@ def b64(text: str) -> tuple[bytes, str]:
         return b"", f"data is not valid base64 ({err})"
 
 
-def decode_all(model: ServedModel, uploads: list[Upload], limits: Limits) -> list:
-    """In a decoding thread: each upload's Decoded, or why it cannot be used."""
+def decode_all(model: ServedModel, uploads: list[Upload], limits: Limits) -> tuple[list, np.ndarray | None]:
+    """In a decoding thread: each upload's Decoded, or why it cannot be used; and the pixels of those
+    decoded, stacked (None when none was), so that the event loop does not copy them."""
     out = []
     for upload in uploads:
         try:
@@ -288,7 +291,8 @@ def decode_all(model: ServedModel, uploads: list[Upload], limits: Limits) -> lis
             out.append(model.decode(upload.data, upload.name, limits))
         except BadImage as err:
             out.append(str(err))
-    return out
+    pixels = [d.pixels for d in out if not isinstance(d, str)]
+    return out, np.stack(pixels) if pixels else None
 
 
 def flag(value, name: str) -> bool:
