@@ -81,6 +81,7 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkey
     refused = runner.invoke(app, ["train", str(tmp_path / "nothing")])
     assert refused.exit_code == 2 and "error:" in refused.output and "Traceback" not in refused.output
     assert "not a prepared data folder" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1, refused.output  # however long its path
 
     def broken(*args, **kwargs):
         raise ValueError("an internal bug, not the user's doing")

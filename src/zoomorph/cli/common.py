@@ -31,7 +31,8 @@ def _table(title: str, rows: dict, key: str = "what", value: str = "count") -> T
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {escape(str(err))}")  # escaped: "zoomorph[serve]" is no markup
+    # soft_wrap: one line however long its paths, for the terminal to fold (and grep to find)
+    console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)  # escaped: "zoomorph[serve]" is no markup
     raise typer.Exit(2)
 
 
