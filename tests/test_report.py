@@ -59,6 +59,7 @@ def test_report_of_a_classes_run_is_one_self_contained_page(data, tmp_path):
     ci = metrics["variants"]["plain"]["ci"]["accuracy"]
     assert f"{ci['estimate']:.3f} ({ci['low']:.3f}-{ci['high']:.3f})" in text
     assert data.split_hash in text and "spiral" in text
+    assert f"{Run.open(run).config.fov} Kaggle px" in text  # a fixed field of view, with its unit
 
 
 @pytest.mark.slow

@@ -220,7 +220,14 @@ def test_evaluate_with_shifts_scores_every_shift_and_strength(data, tmp_path):
     text = console.export_text()
     for shift in SHIFTS:
         assert shift.title in text and all(shift.label(s) in text for s in shift.strengths)
-    assert shift_rows(evaluate_run(run, bootstrap=50))[1] == []  # without --shifts: no table
+    # a plain evaluate of the same weights keeps the suite; once the weights change it is gone
+    again = evaluate_run(run, bootstrap=50)
+    assert again["shifts"] == suite and suite["weights_sha256"] == Run.open(run).weights_digest
+    weights = Run.open(run).weights_file
+    state = torch.load(weights)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    assert shift_rows(evaluate_run(run, bootstrap=50))[1] == []  # retrained: no table
+    assert "shifts" not in json.loads(Run.open(run).metrics_file.read_text())
 
 
 def test_report_and_compare_show_the_shifts(data, tmp_path):
@@ -263,6 +270,9 @@ def test_evaluate_command_prints_the_shift_table(data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "survey shifts" in result.output and "JPEG re-save" in result.output and "quality 10" in result.output
     assert "shifts" in Run.open(run).metrics()
+    plain = CliRunner().invoke(app, ["evaluate", str(run)], terminal_width=200)
+    assert plain.exit_code == 0 and "JPEG re-save" not in plain.output
+    assert f"kept from the evaluate --shifts of {Run.open(run).metrics()['shifts']['at']}" in plain.output
 
 
 def test_a_source_that_is_gone_is_named(data, tmp_path):

@@ -28,6 +28,9 @@ def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph tr
     console.print(format_metrics_table(metrics))
     if shifts:
         console.print(format_shifts_table(metrics))
+    elif "shifts" in metrics:
+        console.print(f"survey shifts: kept from the evaluate --shifts of {metrics['shifts'].get('at', 'before')} "
+                      "(the same weights and galaxies)")
     console.print(f"metrics written to {Run.open(run).metrics_file}")
 
 

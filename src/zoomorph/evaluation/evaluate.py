@@ -76,12 +76,15 @@ def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "va
         suffix = "" if name == "plain" else f"_{name}"
         predictions = predictions.assign(**{k + suffix: v for k, v in columns.items()})
 
+    scope = {"split": split, "split_hash": data.split_hash, "data": str(data.root)}
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    suite = ({**shift_suite(model, cfg, table, score, bootstrap), "at": now, "weights_sha256": run.weights_digest}
+             if shifts else _earlier_suite(run, scope))
     metrics = {
-        "run": run.name, "model": cfg.model, "head": cfg.head, "split": split, "n": len(rows),
-        "split_hash": data.split_hash, "trained_split_hash": cfg.split_hash, "data": str(data.root),
-        "classes": variants["plain"]["classes"], "variants": variants,
-        **({"shifts": shift_suite(model, cfg, table, score, bootstrap)} if shifts else {}),
-        "evaluated": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
+        "run": run.name, "model": cfg.model, "head": cfg.head, "n": len(rows), **scope,
+        "trained_split_hash": cfg.split_hash, "classes": variants["plain"]["classes"], "variants": variants,
+        **({"shifts": suite} if suite else {}),
+        "evaluated": {"at": now, "device": device,
                       "seconds": round(time.perf_counter() - started, 2)},
     }
     run.out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +92,19 @@ def evaluate_run(run: Run | Path, data_dir: Path | None = None, split: str = "va
     predictions.to_parquet(run.predictions_file(split), index=False)
     write_card(run)
     return metrics
+
+
+def _earlier_suite(run: Run, scope: dict) -> dict | None:
+    """The survey-shift results in RUN/metrics.json when they are of these weights (by digest) on these
+    galaxies: a plain `evaluate` keeps them rather than drop minutes of work; a retrained run loses them."""
+    try:
+        earlier = json.loads(run.metrics_file.read_text())
+    except (OSError, ValueError):
+        return None
+    suite = earlier.get("shifts")
+    if not suite or {k: earlier.get(k) for k in scope} != scope:
+        return None
+    return suite if suite.get("weights_sha256") == run.weights_digest else None
 
 
 SHIFT_SCORES = ("n", "accuracy", "balanced_accuracy", "ci", "rmse", "coverage")

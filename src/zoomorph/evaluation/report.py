@@ -21,6 +21,7 @@ from zoomorph.evaluation.html import Section, image, join, note, page, table, te
 from zoomorph.evaluation.saliency import activations, grad_cam
 from zoomorph.evaluation.shifts import SHIFTS
 from zoomorph.inference import to_input
+from zoomorph.io.decode import AUTO, AUTO_MULTIPLE
 from zoomorph.runs import Run, RunConfig
 from zoomorph.schema import ANSWER_COLUMNS, QUESTION_OF
 
@@ -56,7 +57,8 @@ def write_report(run: Run | Path, out: Path | None = None) -> Path:
 
 def _configuration(cfg: RunConfig, summary: dict) -> Markup:
     settings = {"model": cfg.model, "head": cfg.head, "input size (px)": cfg.image_size,
-                "field of view (Kaggle px)": cfg.fov, "label preset": cfg.preset, "prepared data": cfg.data,
+                "field of view": f"auto ({AUTO_MULTIPLE} × each galaxy's R90)" if cfg.fov == AUTO else
+                f"{cfg.fov} Kaggle px", "label preset": cfg.preset, "prepared data": cfg.data,
                 "split hash": cfg.split_hash, "classes": ", ".join(cfg.classes) if cfg.head == "classes" else
                 "the 37 Galaxy Zoo answers"}
     settings.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cfg.extra.items()})
