@@ -3,6 +3,7 @@
     python benchmarks/finetune_labels.py --out /work/exp/ft [--pretrained RUN] [--epochs 20] [--folds 5]
                                          [--labels 25 50 100 all] [--preset hubble+edge-on] [--quick]
                                          [--backbone-lr-mult 0.1] [--freeze-epochs 0]
+                                         [--pretrain-epochs N] [--pretrain-augment RECIPE]
 
 1. Pretraining (unless --pretrained): the default model on ../shared/data/gz-kaggle-q1, preset
    smooth-featured, leaving out every galaxy whose GalaxyID is also in gz-kaggle-sample (printed).
@@ -31,7 +32,7 @@ from zoomorph.io.ids import join_keys
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def pretrain(out: Path, epochs: int | None, seed: int) -> Path:
+def pretrain(out: Path, epochs: int | None, seed: int, augment: str | None = None) -> Path:
     """The default model on q1 without the sample's galaxies; returns the run folder."""
     q1 = pd.read_csv(DATA / "gz-kaggle-q1" / "labels_q1.csv", index_col=0)
     sample = pd.read_csv(DATA / "gz-kaggle-sample" / "solutions.csv")
@@ -46,9 +47,11 @@ def pretrain(out: Path, epochs: int | None, seed: int) -> Path:
     q1[~overlap.to_numpy()].to_csv(labels)
     prepared = api.prepare(DATA / "gz-kaggle-q1" / "images", labels, out / "q1-prepared", preset="smooth-featured",
                            progress=False)
-    result = api.train(prepared.data, out=out / "pretrained", epochs=epochs, seed=seed, progress=False)
+    result = api.train(prepared.data, out=out / "pretrained", epochs=epochs, augment=augment, seed=seed,
+                       progress=False)
     print(f"  pretrained on {len(prepared.data.indices('train')):,} q1 galaxies: val accuracy "
-          f"{result.summary['best_val_acc']:.4f} ({result.summary['epochs']} epochs)")
+          f"{result.summary['best_val_acc']:.4f} ({result.summary['epochs']} epochs, augment "
+          f"{augment or 'of the recipe'})")
     return result.run_dir
 
 
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--preset", default="hubble+edge-on")
     parser.add_argument("--epochs", type=int, default=20, help="of every finetuned and scratch run")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the model's recipe")
+    parser.add_argument("--pretrain-augment", default=None, help="default: the model's recipe")
     parser.add_argument("--batch-size", type=int, default=None, help="of every run (default: the model's recipe)")
     parser.add_argument("--backbone-lr-mult", type=float, default=None, help="of the finetuned runs (default 0.1)")
     parser.add_argument("--freeze-epochs", type=int, default=0, help="of the finetuned runs")
@@ -91,7 +95,7 @@ def main() -> None:
         args.folds, args.epochs, args.labels, args.pretrain_epochs = 2, 2, ["25", "all"], args.pretrain_epochs or 2
     started, out = time.perf_counter(), args.out
     out.mkdir(parents=True, exist_ok=True)
-    parent = args.pretrained or pretrain(out, args.pretrain_epochs, args.seed)
+    parent = args.pretrained or pretrain(out, args.pretrain_epochs, args.seed, args.pretrain_augment)
     pretrain_s = time.perf_counter() - started
     print(f"pretrained run: {parent} ({pretrain_s:.0f} s{', reused' if args.pretrained else ''})")
     seconds = {"prepare": 0.0, "finetuned": 0.0, "scratch": 0.0}

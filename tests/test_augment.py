@@ -224,6 +224,24 @@ def test_survey_augment_draws_each_of_its_shifts():
     assert (blurred[:, 0].diff(dim=-1).abs().amax(dim=(1, 2)) < 0.75).float().mean() > 0.5
 
 
+def test_survey_lite_is_survey_with_milder_defaults_that_a_caller_may_override():
+    x = blob(12).expand(8, 3, 64, 64) * 0.8 + 0.02 * images(n=8, side=64)
+    lite = build_augment("survey-lite", generator=torch.Generator().manual_seed(3))(x)
+    assert not torch.allclose(lite, x, atol=0.02) and lite.min() >= 0 and lite.max() <= 1
+    # the same draws as survey with the lite strengths spelled out
+    spelled = survey_augment(x, torch.Generator().manual_seed(3), zoom_range=(0.5, 1.5), shift=4 / 64,
+                             colour=0.07, blur=0.8, blur_share=0.5, resolutions=(1.0, 1.0, 1.0, 1.5, 2.0),
+                             noise=2.0, sky=2.0, grey_share=0.2)
+    assert torch.equal(lite, spelled)
+    # milder than survey: its images stay closer to the originals on average
+    strong = build_augment("survey", generator=torch.Generator().manual_seed(3))(x)
+    geometry_off = dict(rotation=0.0, flip=False)
+    lite_still = build_augment("survey-lite", generator=torch.Generator().manual_seed(4), **geometry_off)(x)
+    strong_still = build_augment("survey", generator=torch.Generator().manual_seed(4), **geometry_off)(x)
+    assert (lite_still - x).abs().mean() < (strong_still - x).abs().mean()
+    assert not torch.equal(strong, lite)
+
+
 def test_translate_moves_an_image_by_the_offset():
     x = blob(6)
     out = translate(x, torch.tensor([[0.25, -0.125]]))

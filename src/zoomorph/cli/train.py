@@ -20,7 +20,8 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
           epochs: Optional[int] = typer.Option(None, help="maximum epochs (default: the model's recipe)"),
           batch_size: Optional[int] = typer.Option(None, help="batch size (default: the model's recipe)"),
           lr: Optional[float] = typer.Option(None, help="learning rate (default: the model's recipe)"),
-          augment: Optional[str] = typer.Option(None, help="none | seed | kaggle | scale | survey (default: recipe)"),
+          augment: Optional[str] = typer.Option(None, help="none | seed | kaggle | scale | survey | survey-lite "
+                                                           "(default: recipe)"),
           balance: str = typer.Option("sampler", help="class balance: sampler | weights | none"),
           val_loss_stop: Optional[float] = typer.Option(None, help="stop once val loss is below this"),
           patience: Optional[int] = typer.Option(None, help="early-stopping patience in epochs"),

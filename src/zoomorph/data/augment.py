@@ -258,11 +258,25 @@ def survey_augment(x: Tensor, generator: torch.Generator | None = None, *, rotat
     return out.clamp_(0, 1)
 
 
+SURVEY_LITE_RESOLUTIONS = (1.0, 1.0, 1.0, 1.5, 2.0)
+
+
+def survey_lite_augment(x: Tensor, generator: torch.Generator | None = None, **options) -> Tensor:
+    """`scale`'s geometry (zoom 0.5-1.5, shift 4/64) with light doses of the survey shifts (the
+    "survey-lite" recipe): `survey`'s wide zoom and 20 % shifts cost in domain, and a run with `--fov
+    auto` needs little of them, as its crop follows the galaxy. Blur up to 0.8 px (FWHM up to ~2.3x the
+    seeing at 4 Kaggle px a pixel, the suite's middle strength) for half the images, pixels up to 2x,
+    sky noise up to 2 sigma, a sky offset up to 2 sigma, per-band gains exp(N(0, 0.07)), grey for one in five."""
+    return survey_augment(x, generator, **{
+        "zoom_range": SCALE_ZOOM_RANGE, "shift": 4 / 64, "colour": 0.07, "blur": 0.8, "blur_share": 0.5,
+        "resolutions": SURVEY_LITE_RESOLUTIONS, "noise": 2.0, "sky": 2.0, "grey_share": 0.2, **options})
+
+
 # --- by name ---------------------------------------------------------------------------------------
 
 AUGMENTS: dict[str, Callable[..., Tensor] | None] = {
     "none": None, "seed": seed_augment, "kaggle": kaggle_augment, "scale": scale_augment,
-    "survey": survey_augment,
+    "survey": survey_augment, "survey-lite": survey_lite_augment,
 }
 
 
@@ -287,5 +301,6 @@ class Augment(nn.Module):
 
 
 def build_augment(name: str | None, **options) -> Augment:
-    """"none" (or None), "seed", "kaggle", "scale" or "survey"; options go to the transform (and `generator`)."""
+    """"none" (or None), "seed", "kaggle", "scale", "survey" or "survey-lite" (AUGMENTS); options go to the
+    transform (and `generator`)."""
     return Augment(name or "none", **options)
