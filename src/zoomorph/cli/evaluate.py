@@ -29,7 +29,7 @@ def evaluate(run: Path = typer.Argument(..., help="run folder (from `zoomorph tr
     if shifts:
         console.print(format_shifts_table(metrics))
     elif "shifts" in metrics:
-        console.print(f"survey shifts: kept from the evaluate --shifts of {metrics['shifts'].get('at', 'before')} "
+        console.print(f"survey shifts: kept from the evaluate --shifts of {metrics['shifts']['at']} "
                       "(the same weights and galaxies)")
     console.print(f"metrics written to {Run.open(run).metrics_file}")
 
