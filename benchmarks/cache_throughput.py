@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from zoomorph.data.cache import build_cache
-from zoomorph.io.decode import AUTO, DEFAULT_FOV, load
+from zoomorph.data.cache import BLOCK, build_cache
+from zoomorph.io.decode import AUTO, DEFAULT_FOV, load_many
 from zoomorph.io.sources import input_sources
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-q1" / "images"
@@ -41,8 +41,8 @@ def main() -> None:
     n_single = min(len(sources), 2000)
     for fov in (args.fov, AUTO):
         start = time.perf_counter()
-        for s in sources[:n_single]:
-            load(s, args.size, fov)
+        for i in range(0, n_single, BLOCK):  # a block at a time, as each build_cache worker decodes
+            load_many(sources[i:min(i + BLOCK, n_single)], args.size, fov)
         single = n_single / (time.perf_counter() - start)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()

@@ -22,8 +22,19 @@ from zoomorph.data.prepare import prepare
 from zoomorph.data.synthetic import make_synthetic
 from zoomorph.errors import ZoomorphError
 from zoomorph.inference import to_input
-from zoomorph.io.decode import AUTO, AUTO_CUT, AUTO_MULTIPLE, FOV_COLUMNS, SKY_LEVEL, cut_array, decode, load, parse_fov
-from zoomorph.io.extent import clipped_stats, measure
+from zoomorph.io.decode import (
+    AUTO,
+    AUTO_CUT,
+    AUTO_MULTIPLE,
+    FOV_COLUMNS,
+    SKY_LEVEL,
+    cut_array,
+    decode,
+    load,
+    load_many,
+    parse_fov,
+)
+from zoomorph.io.extent import clipped_stats, measure, measure_many
 from zoomorph.predict import predict
 from zoomorph.runs import RunConfig
 
@@ -99,6 +110,35 @@ def test_sigma_clipping_agrees_with_astropy():
         values = np.concatenate([rng.normal(5, 2, 1500), rng.exponential(40, n_outliers)]).astype(np.float32)
         _, median, std = sigma_clipped_stats(values, sigma=3, maxiters=5)
         assert clipped_stats(values) == (pytest.approx(float(median), abs=1e-4), pytest.approx(float(std), rel=1e-4))
+
+
+def test_measuring_many_at_once_gives_each_image_its_own_measurement():
+    # a mix of sizes (grids of other shapes), a small galaxy (measured again on a finer grid), a star, and
+    # fall-backs: the stacked measurement must not let one image's pixels or flags reach another's
+    images = [disk(10.0), disk(3.0, seed=1), np.full((424, 424, 3), 40, np.uint8), disk(10.0, star=(322, 152)),
+              disk(6.0, side=212, seed=2), disk(8.0, centre=(70, 80)), disk(12.0, centre=(190, 230), seed=3)]
+    together = measure_many(images)
+    for image, extent in zip(images, together):
+        alone = measure(image)
+        assert extent.flag == alone.flag and extent.sky == alone.sky
+        if not alone.flag:
+            assert (extent.x, extent.y, extent.r90) == (pytest.approx(alone.x), pytest.approx(alone.y),
+                                                        pytest.approx(alone.r90))
+    assert [e.flag for e in together].count("") == 5
+    assert together[1].r90 == pytest.approx(X90 * 3.0, rel=0.10)  # the finer grid's figure
+
+
+def test_one_bad_file_among_many_is_reported_in_its_place_and_the_others_decode(tmp_path):
+    files = []
+    for i, content in enumerate([as_jpeg(disk(10.0)), b"not an image", as_jpeg(disk(7.0, seed=1)), b""]):
+        files.append(str(tmp_path / f"g{i}.jpg"))
+        (tmp_path / f"g{i}.jpg").write_bytes(content)
+    outcomes = load_many(files, 32, AUTO)
+    assert [type(o).__name__ for o in outcomes] == ["Decoded", "ImageError", "Decoded", "ImageError"]
+    assert "g1.jpg" in str(outcomes[1]) and "empty" in str(outcomes[3])
+    for i in (0, 2):
+        alone = load(files[i], 32, AUTO)
+        assert np.array_equal(outcomes[i].pixels, alone.pixels) and outcomes[i].r90 == pytest.approx(alone.r90)
 
 
 # ------------------------------------------------------------------ fall-backs and the crop

@@ -1,7 +1,7 @@
 """The image cache: decode every image once into a uint8 array on disk.
 
 Training then reads memory-mapped uint8 tensors and never touches a JPEG.
-Images are decoded as predict decodes them (zoomorph.io.decode.load: JPEG,
+Images are decoded as predict decodes them (zoomorph.io.decode.load_many: JPEG,
 PNG, TIFF, FITS). Workers each decode a block of rows and write straight into
 the memory-mapped file, so no pixels travel back through a pipe; what they
 report (errors, notes, and with fov "auto" each galaxy's radius, crop and
@@ -22,7 +22,7 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from zoomorph.io.decode import AUTO, AUTO_CUT, FOV_COLUMNS, Fov, default_workers, fov_columns, load
+from zoomorph.io.decode import AUTO, AUTO_CUT, FOV_COLUMNS, Fov, default_workers, fov_columns, load_many
 from zoomorph.io.sources import ImageError, source_file
 
 BLOCK = 256  # rows per task: large enough to amortise scheduling, small enough for a smooth bar
@@ -52,16 +52,17 @@ def _decode_block(args: tuple[str, list[str], int, int, Fov]) -> tuple[int, dict
     path, sources, start, size, fov = args
     out = open_memmap(path, mode="r+")
     errors, notes, decoded = {}, {}, []
-    for offset, source in enumerate(sources):
-        try:
-            decoded.append(load(source, size, fov))
-        except ImageError as err:
-            errors[start + offset] = str(err)
-            decoded.append(None)
-            continue
-        out[start + offset] = decoded[-1].pixels
-        if decoded[-1].note:
-            notes[start + offset] = decoded[-1].note
+    for offset, outcome in enumerate(load_many(sources, size, fov)):
+        if isinstance(outcome, ImageError):
+            errors[start + offset] = str(outcome)
+            outcome = None
+        elif isinstance(outcome, Exception):  # not a bad image but a fault: stop, do not skip rows silently
+            raise outcome
+        decoded.append(outcome)
+        if outcome is not None:
+            out[start + offset] = outcome.pixels
+            if outcome.note:
+                notes[start + offset] = outcome.note
     out.flush()
     return len(sources), errors, notes, start, fov_columns(decoded)
 

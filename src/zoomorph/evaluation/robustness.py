@@ -7,7 +7,7 @@ Both predict through the same Predictor as evaluate and predict, and zoom with t
   model-size validation images zoomed 0.5x-1.5x.
 * `shifted_outputs`, the survey-shift suite of `evaluate --shifts` (evaluation.shifts.SHIFTS): each
   galaxy's source re-read at full resolution, transformed there, then cut as the run's decoder cuts
-  (`zoomorph.io.decode.cut_array` with the run's field of view), a batch of galaxies at a time.
+  (`zoomorph.io.decode.cut_arrays` with the run's field of view), a batch of galaxies at a time.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from zoomorph.data.dataset import PreparedData
 from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation.shifts import SHIFTS, Shift
 from zoomorph.inference import Predictor
-from zoomorph.io.decode import KAGGLE_SIZE, cut_array, decode
+from zoomorph.io.decode import KAGGLE_SIZE, cut_array, cut_arrays, decode
 from zoomorph.io.fits import fits_rgb
 from zoomorph.io.sources import ImageError, is_fits, read_bytes
 from zoomorph.schema import ANSWER_COLUMNS
@@ -95,7 +95,7 @@ def shifted_outputs(predictor: Predictor, sources: Sequence[str], size: int, fov
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
                 shifted = x if shift is None else shift(x, strength, generator)
                 pixels = (shifted * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-                cut = np.stack([cut_array(p, size, fov).pixels for p in pixels])  # the decoder's geometry
+                cut = np.stack([d.pixels for d in cut_arrays(list(pixels), size, fov)])  # the decoder's geometry
                 parts[k].append((start + np.asarray(members), predictor.probabilities(cut)))
     return [_in_order(p) for p in parts]
 

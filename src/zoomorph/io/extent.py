@@ -17,12 +17,16 @@ the image, or of a DCT-downscaled JPEG decode):
 
 A measurement that cannot be trusted comes back with a flag ("blank image",
 "no source at the centre", "source fills the frame") and the caller falls
-back to the full frame. No torch here: decoding workers import this module.
+back to the full frame. Images are measured many at a time (`measure_many`):
+each step is one numpy or scipy call over a stack of same-shaped grids, as a
+galaxy's grid is small (53 x 53) and one call per image per step would cost
+several times the decode. No torch here: decoding workers import this module.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +51,7 @@ FILL_MIN = 6.0  # counts: sides brighter than corners by less are JPEG blocking 
 NEAR = 0.1  # a source may start this far from the centre (fraction of the shorter side)
 GROW = 0.5  # the aperture: the source grown by this fraction of its equivalent radius
 FRACTION = 0.9  # R90
+RADIUS_STEP = 0.1  # grid pixels: the resolution of the curve of growth R90 is read from
 
 
 @dataclass(frozen=True)
@@ -65,128 +70,162 @@ class Extent:
         return Extent(self.x * factor, self.y * factor, self.r90 * factor, self.sky, self.flag)
 
 
+# connectivity within each grid of a stack, none between grids: ndimage.label's default (4-connected) in 2D
+IN_PLANE = np.zeros((3, 3, 3), bool)
+IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
 def clipped_stats(values: np.ndarray, sigma: float = CLIP_SIGMA, iters: int = CLIP_ITERS) -> tuple[float, float]:
     """(median, std) of `values` after iterative sigma clipping about the median, as
     astropy.stats.sigma_clipped_stats(values, sigma=3, maxiters=5) gives them (tests/test_fov_auto.py
     checks that they agree). Here rather than astropy's because that costs ~400 us a call (a third of an
     image's budget when the cache builds at 1,500 images/s on 2 cores) and 0.35 s of import in every
-    decoding process; on sorted values with running sums each round is two binary searches."""
-    v = np.sort(np.asarray(values, np.float64).ravel())
-    sums, squares = np.concatenate([[0], np.cumsum(v)]), np.concatenate([[0], np.cumsum(v * v)])
-    lo, hi = 0, len(v)
-    for _ in range(iters):
+    decoding process."""
+    median, std = clipped_stats_rows(np.asarray(values).reshape(1, -1), sigma, iters)
+    return float(median[0]), float(std[0])
+
+
+def clipped_stats_rows(values: np.ndarray, sigma: float = CLIP_SIGMA,
+                       iters: int = CLIP_ITERS) -> tuple[np.ndarray, np.ndarray]:
+    """clipped_stats of each row of a (B, N) array: on sorted rows with running sums, each round is a
+    count of the values below and above the clipping limits."""
+    v = np.sort(np.asarray(values, np.float64), axis=1)
+    zero = np.zeros((len(v), 1))
+    sums = np.concatenate([zero, np.cumsum(v, axis=1)], axis=1)
+    squares = np.concatenate([zero, np.cumsum(v * v, axis=1)], axis=1)
+    rows = np.arange(len(v))
+
+    def stats(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = hi - lo
-        median = (v[lo + (n - 1) // 2] + v[lo + n // 2]) / 2
-        mean = (sums[hi] - sums[lo]) / n
-        std = math.sqrt(max((squares[hi] - squares[lo]) / n - mean * mean, 0.0))
+        mean = (sums[rows, hi] - sums[rows, lo]) / n
+        return ((v[rows, lo + (n - 1) // 2] + v[rows, lo + n // 2]) / 2,
+                np.sqrt(np.maximum((squares[rows, hi] - squares[rows, lo]) / n - mean * mean, 0.0)))
+
+    lo, hi = np.zeros(len(v), np.int64), np.full(len(v), v.shape[1], np.int64)
+    clipping = np.ones(len(v), bool)
+    for _ in range(iters):
+        median, std = stats(lo, hi)
         # values once clipped stay clipped, as in astropy
-        new_lo = max(lo, int(np.searchsorted(v, median - sigma * std, "left")))
-        new_hi = min(hi, int(np.searchsorted(v, median + sigma * std, "right")))
-        if (new_lo, new_hi) == (lo, hi) or new_hi <= new_lo:
+        new_lo = np.maximum(lo, (v < (median - sigma * std)[:, None]).sum(1))
+        new_hi = np.minimum(hi, (v <= (median + sigma * std)[:, None]).sum(1))
+        clipping &= ~(((new_lo == lo) & (new_hi == hi)) | (new_hi <= new_lo))  # converged, or nothing left
+        if not clipping.any():
             break
-        lo, hi = new_lo, new_hi
-    n = hi - lo
-    mean = (sums[hi] - sums[lo]) / n
-    return float((v[lo + (n - 1) // 2] + v[lo + n // 2]) / 2), \
-        float(math.sqrt(max((squares[hi] - squares[lo]) / n - mean * mean, 0.0)))
-
-
-def _grid(im: Image.Image, side: int) -> tuple[np.ndarray, int]:
-    """Box means of an image down to about `side` on its shorter side (uint8 (h, w, 3)), and the factor;
-    Pillow's reduce, as it is 10x faster than numpy's."""
-    f = max(1, min(im.size) // side)
-    return _blocks(im, f), f
+        lo, hi = np.where(clipping, new_lo, lo), np.where(clipping, new_hi, hi)
+    return stats(lo, hi)
 
 
 def _blocks(im: Image.Image, f: int) -> np.ndarray:
-    """Means of f x f blocks of an image, uint8 (h, w, 3)."""
+    """Means of f x f blocks of an image, uint8 (h, w, 3); Pillow's reduce, as it is 10x faster than numpy's."""
     if f > 1:  # the box of the whole blocks only, as a block mean would: no partial block at the edge
         im = im.reduce(f, box=(0, 0, im.size[0] // f * f, im.size[1] // f * f))
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _ring(a: np.ndarray, width: int) -> np.ndarray:
-    """The pixels of the outer `width` rows and columns, each once."""
-    return np.concatenate([a[:width].reshape(-1, *a.shape[2:]), a[-width:].reshape(-1, *a.shape[2:]),
-                           a[width:-width, :width].reshape(-1, *a.shape[2:]),
-                           a[width:-width, -width:].reshape(-1, *a.shape[2:])])
+    """The pixels of the outer `width` rows and columns of each image of a stack (B, H, W, ...), each once:
+    (B, N, ...)."""
+    b, rest = len(a), a.shape[3:]
+    return np.concatenate([a[:, :width].reshape(b, -1, *rest), a[:, -width:].reshape(b, -1, *rest),
+                           a[:, width:-width, :width].reshape(b, -1, *rest),
+                           a[:, width:-width, -width:].reshape(b, -1, *rest)], axis=1)
 
 
 def measure(rgb: np.ndarray | Image.Image) -> Extent:
     """The central galaxy of an RGB uint8 image (H, W, 3) (or a Pillow RGB image): centre, R90 and sky, in
-    its pixels. Measured on a grid of about MEASURE_SIDE pixels, then on grids twice as fine while the
-    galaxy is smaller than FINE_R90 grid pixels and the image has the pixels."""
-    im = rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
-    small, f = _grid(im, MEASURE_SIDE)
-    extent = _measure_grid(small, f)
-    while f > 1 and extent.r90 < FINE_R90 * f and min(im.size) // (f // 2) <= MAX_SIDE:  # nan: it stands
-        f //= 2
-        finer = _measure_grid(_blocks(im, f), f)
-        if finer.flag:  # noise or a neighbour on the finer grid: the sound coarser measurement stands
-            break
-        extent = finer
-    return extent
+    its pixels (`measure_many` of one image)."""
+    return measure_many([rgb])[0]
 
 
-def _measure_grid(small: np.ndarray, f: int) -> Extent:
-    """measure() on a grid of box means `small`, each f x f pixels of the image."""
-    h, w = small.shape[:2]
+def measure_many(images: Sequence[np.ndarray | Image.Image]) -> list[Extent]:
+    """measure() of each image. Each is measured on a grid of about MEASURE_SIDE pixels, then on grids
+    twice as fine while its galaxy is smaller than FINE_R90 grid pixels and the image has the pixels."""
+    ims = [im if isinstance(im, Image.Image) else Image.fromarray(np.ascontiguousarray(im, np.uint8))
+           for im in images]
+    factors = [max(1, min(im.size) // MEASURE_SIDE) for im in ims]
+    extents = _measure_at(ims, factors, range(len(ims)))
+    finer = list(range(len(ims)))
+    while finer := [i for i in finer if factors[i] > 1 and extents[i].r90 < FINE_R90 * factors[i]  # nan: stands
+                    and min(ims[i].size) // (factors[i] // 2) <= MAX_SIDE]:
+        for i in finer:
+            factors[i] //= 2
+        again = _measure_at(ims, factors, finer)
+        finer = [i for i in finer if not again[i].flag]  # noise or a neighbour on the finer grid: the sound
+        extents.update({i: again[i] for i in finer})  # coarser measurement stands
+    return [extents[i] for i in range(len(ims))]
+
+
+def _measure_at(ims: list[Image.Image], factors: list[int], which) -> dict[int, Extent]:
+    """{i: the extent of ims[i]} for i in `which`, measured on its grid of factors[i] x factors[i] box
+    means; the grids of one shape and factor are measured together."""
+    groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+    for i in which:
+        grid = _blocks(ims[i], factors[i])
+        groups.setdefault((grid.shape, factors[i]), []).append((i, grid))
+    extents = {}
+    for (_, f), members in groups.items():
+        measured = _measure_grids(np.stack([grid for _, grid in members]), f)
+        extents.update({i: extent for (i, _), extent in zip(members, measured)})
+    return extents
+
+
+def _measure_grids(small: np.ndarray, f: int) -> list[Extent]:
+    """The extents of a stack of grids of box means (B, h, w, 3) uint8, each f x f pixels of its image."""
+    b, h, w = small.shape[:3]
     centre = (w * f / 2, h * f / 2)
     if min(h, w) < 8:
-        return Extent(*centre, math.nan, None, "image too small to measure")
+        return [Extent(*centre, math.nan, None, "image too small to measure")] * b
     width = max(2, round(RING * min(h, w)))
-    sky_rgb = tuple(int(v) for v in _middle(_ring(small, width)[::3], axis=0))  # a third is plenty
+    sky_rgb = _middle(_ring(small, width)[:, ::3], axis=1)  # a third of the ring is plenty
     grey = (small[..., 0].astype(np.float32) + small[..., 1] + small[..., 2]) / 3
-    smooth = ndimage.uniform_filter(grey, 3, mode="nearest")
-    sky, noise = clipped_stats(_ring(smooth, width))
-    if _edges_lit(smooth, width):
-        return Extent(*centre, math.nan, sky_rgb, "source fills the frame")
+    smooth = ndimage.uniform_filter(grey, (1, 3, 3), mode="nearest")
+    sky, noise = clipped_stats_rows(_ring(smooth, width))
     reach = max(1, round(NEAR * min(h, w)))
-    peak = smooth[h // 2 - reach:h // 2 + reach + 1, w // 2 - reach:w // 2 + reach + 1].max() - sky
-    above = smooth > sky + max(THRESHOLD * max(noise, NOISE_FLOOR), PEAK_SHARE * peak)
-    labels, n = ndimage.label(above)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    peak = smooth[:, h // 2 - reach:h // 2 + reach + 1, w // 2 - reach:w // 2 + reach + 1].max(axis=(1, 2)) - sky
+    level = sky + np.maximum(THRESHOLD * np.maximum(noise, NOISE_FLOOR), PEAK_SHARE * peak)
+    labels, _ = ndimage.label(smooth > level.astype(np.float32)[:, None, None], structure=IN_PLANE)
+    areas = np.bincount(labels.ravel())
     areas[0] = 0
-    if not (areas >= MIN_AREA).any():
-        return Extent(*centre, math.nan, sky_rgb, "blank image")
-    chosen = _central(labels, areas, h, w)
-    if not chosen:
-        return Extent(*centre, math.nan, sky_rgb, "no source at the centre")
-    source = labels == chosen
-    ys, xs = np.nonzero(source)
-    (top, bottom), (left, right) = (ys.min(), ys.max()), (xs.min(), xs.max())
-    if top == 0 and left == 0 and bottom == h - 1 and right == w - 1:
-        return Extent(*centre, math.nan, sky_rgb, "source fills the frame")
-    weights = np.clip(grey[ys, xs] - sky, 0, None)
-    total = float(weights.sum())
-    if not total > 0:
-        return Extent(*centre, math.nan, sky_rgb, "blank image")
-    cx, cy = float(weights @ (xs + 0.5)) / total, float(weights @ (ys + 0.5)) / total
-    # the rest works on the window around the source that its aperture can reach
-    grow = max(1, round(GROW * math.sqrt(areas[chosen] / math.pi)))
-    y0, x0 = max(top - grow, 0), max(left - grow, 0)
-    window = (slice(y0, bottom + 1 + grow), slice(x0, right + 1 + grow))
-    r90 = _r90(grey[window] - sky, source[window], labels[window], cx - x0, cy - y0, grow)
-    if not r90 > 0:
-        return Extent(*centre, math.nan, sky_rgb, "blank image")
-    return Extent(cx * f, cy * f, r90 * f, sky_rgb)
+    big = areas >= MIN_AREA  # per label
+    chosen = _central(labels, big, h, w)
+    source = (labels == chosen[:, None, None]) & (chosen > 0)[:, None, None]
+    flux = grey - sky.astype(np.float32)[:, None, None]
+    weights = np.where(source, np.clip(flux, 0, None), 0)
+    total = weights.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = weights.sum(axis=1) @ (np.arange(w) + 0.5) / total  # the flux-weighted centre
+        cy = weights.sum(axis=2) @ (np.arange(h) + 0.5) / total
+    grow = np.maximum(1, np.round(GROW * np.sqrt(areas[chosen] / math.pi))).astype(int)
+    r90 = _r90(flux, _aperture(source, labels, grow), cx, cy)
+    flags = np.select(
+        [_edges_lit(smooth, width), ~big[labels].any(axis=(1, 2)), chosen == 0,
+         source[:, 0].any(1) & source[:, -1].any(1) & source[:, :, 0].any(1) & source[:, :, -1].any(1),
+         ~(total > 0) | ~(r90 > 0)],
+        ["source fills the frame", "blank image", "no source at the centre", "source fills the frame",
+         "blank image"], "")
+    return [Extent(*centre, math.nan, tuple(int(v) for v in sky_rgb[k]), str(flags[k])) if flags[k] else
+            Extent(float(cx[k]) * f, float(cy[k]) * f, float(r90[k]) * f, tuple(int(v) for v in sky_rgb[k]))
+            for k in range(b)]
 
 
-def _edges_lit(smooth: np.ndarray, width: int) -> bool:
-    """Whether the middle of every side of the ring stands out above its corners (by THRESHOLD x the noise
-    within a corner, and FILL_MIN): a source so large that the ring is its outskirts, not sky, and the sky
-    it gives too bright to find the source by. A sky gradient, or a star by one side, lights some sides."""
-    h, w = smooth.shape
-    corners = np.stack([smooth[:width, :width], smooth[:width, -width:], smooth[-width:, :width],
-                        smooth[-width:, -width:]]).reshape(4, -1)
-    medians = _middle(corners, axis=1)
-    noise = max(float((corners - medians[:, None]).std()), NOISE_FLOOR)
-    sides = np.concatenate([smooth[:width, w // 3:w - w // 3], smooth[-width:, w // 3:w - w // 3],
-                            smooth[h // 3:h - h // 3, :width].T, smooth[h // 3:h - h // 3, -width:].T], axis=1)
+def _edges_lit(smooth: np.ndarray, width: int) -> np.ndarray:
+    """Per grid of a stack (B, h, w): whether the middle of every side of the ring stands out above its
+    corners (by THRESHOLD x the noise within a corner, and FILL_MIN): a source so large that the ring is its
+    outskirts, not sky, and the sky it gives too bright to find the source by. A sky gradient, or a star by
+    one side, lights some sides."""
+    b, h, w = smooth.shape
+    corners = np.stack([smooth[:, :width, :width], smooth[:, :width, -width:], smooth[:, -width:, :width],
+                        smooth[:, -width:, -width:]], axis=1).reshape(b, 4, -1)
+    medians = _middle(corners, axis=2)
+    noise = np.maximum((corners - medians[..., None]).reshape(b, -1).std(axis=1), NOISE_FLOOR)
+    across, down = slice(w // 3, w - w // 3), slice(h // 3, h - h // 3)
+    sides = np.concatenate([smooth[:, :width, across], smooth[:, -width:, across],
+                            smooth[:, down, :width].transpose(0, 2, 1),
+                            smooth[:, down, -width:].transpose(0, 2, 1)], axis=2)
     parts = np.cumsum([0, w - 2 * (w // 3), w - 2 * (w // 3), h - 2 * (h // 3), h - 2 * (h // 3)])
-    # each side's mean (one reduce for all four): a star by one side lifts that side only
-    means = np.add.reduceat(sides.sum(0), parts[:-1]) / (width * np.diff(parts))
-    return means.min() > _middle(medians) + max(THRESHOLD * noise, FILL_MIN)
+    # each side's mean: a star by one side lifts that side only
+    means = np.add.reduceat(sides.sum(axis=1), parts[:-1], axis=1) / (width * np.diff(parts))
+    return means.min(axis=1) > _middle(medians, axis=1) + np.maximum(THRESHOLD * noise, FILL_MIN)
 
 
 def _middle(a: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -195,36 +234,48 @@ def _middle(a: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.take(np.partition(a, k, axis=axis), k, axis=axis)
 
 
-def _central(labels: np.ndarray, areas: np.ndarray, h: int, w: int) -> int:
-    """The label of the source at the centre: the one holding the centre pixel, else the one with the
-    pixel nearest it within NEAR; 0 for none."""
+def _central(labels: np.ndarray, big: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Per grid of a stack of labels (B, h, w): the label of the source at the centre, the one holding the
+    centre pixel, else the one with the pixel nearest it within NEAR; 0 for none. big: per label, whether
+    it is large enough to be a source."""
     reach = max(1, round(NEAR * min(h, w)))
-    y0, x0 = h // 2 - reach, w // 2 - reach
-    window = labels[max(y0, 0):h // 2 + reach + 1, max(x0, 0):w // 2 + reach + 1]
-    ys, xs = np.nonzero((window > 0) & (areas[window] >= MIN_AREA))
-    if not len(ys):
-        return 0
-    d2 = (ys + max(y0, 0) + 0.5 - h / 2) ** 2 + (xs + max(x0, 0) + 0.5 - w / 2) ** 2
-    nearest = int(np.argmin(d2))
-    return int(window[ys[nearest], xs[nearest]]) if d2[nearest] <= (reach + 1) ** 2 else 0
+    y0, x0 = max(h // 2 - reach, 0), max(w // 2 - reach, 0)
+    window = labels[:, y0:h // 2 + reach + 1, x0:w // 2 + reach + 1]
+    dy = np.arange(window.shape[1]) + y0 + 0.5 - h / 2
+    dx = np.arange(window.shape[2]) + x0 + 0.5 - w / 2
+    d2 = np.where(big[window], dy[:, None] ** 2 + dx[None, :] ** 2, np.inf).reshape(len(labels), -1)
+    rows, nearest = np.arange(len(labels)), d2.argmin(axis=1)  # the first in raster order among equals
+    return np.where(d2[rows, nearest] <= (reach + 1) ** 2, window.reshape(len(labels), -1)[rows, nearest], 0)
 
 
-def _r90(flux: np.ndarray, source: np.ndarray, labels: np.ndarray, cx: float, cy: float, grow: int) -> float:
-    """The radius about (cx, cy) holding FRACTION of the flux in the source grown by `grow` pixels, other
-    sources masked out."""
-    grown = ndimage.uniform_filter(source.astype(np.float32), 2 * grow + 1, mode="constant") > 1e-6
-    aperture = grown & ((labels == 0) | source)
-    ys, xs = np.nonzero(aperture)
-    r = np.hypot(xs + 0.5 - cx, ys + 0.5 - cy)
-    order = np.argsort(r)
-    r, values = r[order], flux[ys, xs][order]
-    total = values.sum()
-    if not total > 0:
-        return math.nan
-    # each pixel's light counts half at its own radius: the curve of growth then runs through pixel centres
-    grown_flux = np.cumsum(values) - values / 2
-    i = int(np.argmax(grown_flux >= FRACTION * total))
-    if i == 0:
-        return float(r[0])
-    lo, hi = grown_flux[i - 1], grown_flux[i]
-    return float(r[i - 1] + (r[i] - r[i - 1]) * (FRACTION * total - lo) / max(hi - lo, 1e-9))
+def _aperture(source: np.ndarray, labels: np.ndarray, grow: np.ndarray) -> np.ndarray:
+    """Each grid's source (B, h, w) grown by its `grow` pixels (a square), other sources masked out."""
+    grown = np.zeros_like(source)
+    for g in np.unique(grow):
+        these = grow == g
+        grown[these] = ndimage.maximum_filter(source[these], size=(1, 2 * g + 1, 2 * g + 1), mode="constant")
+    return grown & ((labels == 0) | source)
+
+
+def _r90(flux: np.ndarray, aperture: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+    """Per grid of a stack (B, h, w): the radius about (cx, cy) holding FRACTION of the flux in the
+    aperture; nan where it holds none. The curve of growth is binned in steps of RADIUS_STEP, each pixel's
+    light spread evenly over the step its centre falls in: one weighted bincount for the whole stack, where
+    sorting each grid's pixels by radius cost three times the rest of the measurement."""
+    b, h, w = flux.shape
+    steps = math.ceil(math.hypot(h, w) / RADIUS_STEP) + 1  # a centre within the grid is nearer than its diagonal
+    # float32 and squares summed by broadcasting: np.hypot over the stack costs six times as much
+    dx2 = (np.arange(w, dtype=np.float32) + 0.5 - np.nan_to_num(cx).astype(np.float32)[:, None]) ** 2
+    dy2 = (np.arange(h, dtype=np.float32) + 0.5 - np.nan_to_num(cy).astype(np.float32)[:, None]) ** 2
+    step = (np.sqrt(dx2[:, None, :] + dy2[:, :, None]) * np.float32(1 / RADIUS_STEP)).astype(np.int32)
+    np.minimum(step, steps - 1, out=step)
+    step += (np.arange(b, dtype=np.int32) * steps)[:, None, None]
+    profile = np.bincount(step.ravel(), (flux * aperture).ravel(), b * steps).reshape(b, steps)
+    growth = np.cumsum(profile, axis=1)  # the flux within the outer edge of each step
+    total = growth[:, -1]
+    i = (growth >= FRACTION * total[:, None]).argmax(axis=1)  # the step the curve crosses in
+    rows = np.arange(b)
+    inner = np.where(i > 0, growth[rows, i - 1], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r90 = (i + (FRACTION * total - inner) / profile[rows, i]) * RADIUS_STEP
+    return np.where(total > 0, r90, np.nan)
