@@ -141,6 +141,44 @@ def test_one_bad_file_among_many_is_reported_in_its_place_and_the_others_decode(
         assert np.array_equal(outcomes[i].pixels, alone.pixels) and outcomes[i].r90 == pytest.approx(alone.r90)
 
 
+def test_load_many_holds_a_bounded_batch_and_a_failing_batch_fails_only_its_culprit(tmp_path, monkeypatch):
+    from zoomorph.io import decode as decoding
+
+    files = []
+    for i, rgb in enumerate([disk(10.0), disk(7.0, seed=1), disk(12.0, seed=2)]):
+        files.append(str(tmp_path / f"g{i}.jpg"))
+        (tmp_path / f"g{i}.jpg").write_bytes(as_jpeg(rgb))
+    together = load_many(files, 64, AUTO)
+    calls = []
+    measure_stack = decoding.measure_many
+
+    def recording(images):
+        calls.append(len(images))
+        return measure_stack(images)
+
+    monkeypatch.setattr(decoding, "measure_many", recording)
+    monkeypatch.setattr(decoding, "MEASURE_BYTES", 212 * 212 * 3 * 2)  # two opened Kaggle JPEGs at 1/2 scale
+    parts = load_many(files, 64, AUTO)
+    assert calls == [2, 1]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(together, parts))
+
+    # a measurement that cannot take one image (the largest disk, the brightest): the batch fails, then
+    # each image is cut alone, and only that one comes back as its error
+    def fails_on_the_brightest(images):
+        if any(np.asarray(im).mean() > brightest for im in images):
+            raise ValueError("cannot measure this one")
+        return measure_stack(images)
+
+    means = [np.asarray(Image.open(f)).mean() for f in files]
+    brightest = (max(means) + sorted(means)[1]) / 2
+    monkeypatch.setattr(decoding, "MEASURE_BYTES", 64 << 20)
+    monkeypatch.setattr(decoding, "measure_many", fails_on_the_brightest)
+    isolated = load_many(files, 64, AUTO)
+    culprit = int(np.argmax(means))
+    assert isinstance(isolated[culprit], ValueError)
+    assert all(np.array_equal(isolated[i].pixels, together[i].pixels) for i in range(3) if i != culprit)
+
+
 # ------------------------------------------------------------------ fall-backs and the crop
 
 
