@@ -6,9 +6,9 @@
     tables.py      FITS tables, VOTable, ECSV, HDF5 through astropy, with units and descriptions
     ids.py         the id of a file (its name as written) and join_key, the form ids are matched in
     inputs.py      the inputs a user gives -> one ordered listing (id, path, error, catalogue columns)
-    decode.py      one source -> cropped, resized RGB uint8 (DCT-draft JPEG, 16-bit, FITS); decode_batch;
-                   the field of view (Fov: Kaggle pixels or "auto")
-    extent.py      the central galaxy's centre, R90 and sky, measured from its pixels (--fov auto)
+    decode.py      sources -> cropped, resized RGB uint8 (DCT-draft JPEG, 16-bit, FITS); load_many, decode_batch;
+                   the field of view (Fov: Kaggle pixels or "auto", a block's extents measured together)
+    extent.py      the central galaxy's centre, R90 and sky, measured from its pixels, many at a time (--fov auto)
     fits.py        FITS cutouts -> RGB (the Lupton asinh stretch)
 
 Nothing here imports torch: decoding worker processes start from it.

@@ -150,8 +150,9 @@ def measure_many(images: Sequence[np.ndarray | Image.Image]) -> list[Extent]:
         for i in finer:
             factors[i] //= 2
         again = _measure_at(ims, factors, finer)
-        finer = [i for i in finer if not again[i].flag]  # noise or a neighbour on the finer grid: the sound
-        extents.update({i: again[i] for i in finer})  # coarser measurement stands
+        # a flag on the finer grid (noise, a neighbour joined) leaves the sound coarser measurement standing
+        finer = [i for i in finer if not again[i].flag]
+        extents.update({i: again[i] for i in finer})
     return [extents[i] for i in range(len(ims))]
 
 
