@@ -40,7 +40,7 @@ Fov = Union[int, Literal["auto"]]  # a central crop in Kaggle pixels, or each ga
 AUTO = "auto"
 # The auto crop's side in units of the galaxy's R90, chosen so that the median auto crop of the real q1
 # images equals DEFAULT_FOV, the crop the default model was tuned on: over the 6,507 JPEGs their median
-# R90 is 77.4 Kaggle px (quartiles 65.7-96.4; 5-95% 57.1-139.8), so 256 / 77.4 = 3.31
+# R90 is 77.3 Kaggle px (quartiles 65.8-96.5; 5-95% 56.8-139.8), so 256 / 77.3 = 3.31
 # (`python benchmarks/auto_fov_multiple.py`). R90 is of the stretched JPEG's light, wider than in linear flux.
 AUTO_MULTIPLE = 3.31
 # The auto crop's side stays within these fractions of the image's shorter side: below 1/8 (53 Kaggle px)
