@@ -255,9 +255,15 @@ def test_a_truncated_body_is_retried_and_never_kept(tmp_path, stub):
 def test_an_interrupted_run_leaves_only_whole_files_and_the_rerun_fetches_the_rest(tmp_path, stub):
     stub.plans = {ra: ["slow:0.3"] for ra in range(10, 18)}
     catalogue, out = write_catalogue(tmp_path / "galaxies.csv", 8), tmp_path / "cutouts"
-    threading.Timer(0.45, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while requests are in flight
-    with pytest.raises(KeyboardInterrupt):
-        fetch(catalogue, out, stub, concurrency=2)
+    # Python's own Ctrl-C handler: a process started in the background by a non-interactive shell (a CI
+    # job, `cmd &`) inherits SIGINT ignored, and the signal below would then pass unseen
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.45, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while requests are in flight
+        with pytest.raises(KeyboardInterrupt):
+            fetch(catalogue, out, stub, concurrency=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     kept = sorted(p.name for p in out.glob("*.jpg"))
     assert 0 < len(kept) < 8 and all(jpeg_problem((out / name).read_bytes()) is None for name in kept)
     assert not list(out.glob("*.tmp")) and not (out / "catalogue.csv").exists()
