@@ -14,6 +14,7 @@ import torch
 from astropy.stats import sigma_clipped_stats
 from PIL import Image
 from predict_toys import CLASSES, toy_model
+from scipy import ndimage
 from typer.testing import CliRunner
 
 from zoomorph import runs
@@ -34,7 +35,7 @@ from zoomorph.io.decode import (
     load_many,
     parse_fov,
 )
-from zoomorph.io.extent import clipped_stats, measure, measure_many
+from zoomorph.io.extent import _fill, _smooth3, clipped_stats, measure
 from zoomorph.predict import predict
 from zoomorph.runs import RunConfig
 
@@ -112,20 +113,35 @@ def test_sigma_clipping_agrees_with_astropy():
         assert clipped_stats(values) == (pytest.approx(float(median), abs=1e-4), pytest.approx(float(std), rel=1e-4))
 
 
-def test_measuring_many_at_once_gives_each_image_its_own_measurement():
-    # a mix of sizes (grids of other shapes), a small galaxy (measured again on a finer grid), a star, and
-    # fall-backs: the stacked measurement must not let one image's pixels or flags reach another's
-    images = [disk(10.0), disk(3.0, seed=1), np.full((424, 424, 3), 40, np.uint8), disk(10.0, star=(322, 152)),
-              disk(6.0, side=212, seed=2), disk(8.0, centre=(70, 80)), disk(12.0, centre=(190, 230), seed=3)]
-    together = measure_many(images)
-    for image, extent in zip(images, together):
-        alone = measure(image)
-        assert extent.flag == alone.flag and extent.sky == alone.sky
-        if not alone.flag:
-            assert (extent.x, extent.y, extent.r90) == (pytest.approx(alone.x), pytest.approx(alone.y),
-                                                        pytest.approx(alone.r90))
-    assert [e.flag for e in together].count("") == 5
-    assert together[1].r90 == pytest.approx(X90 * 3.0, rel=0.10)  # the finer grid's figure
+def test_a_small_galaxy_is_measured_again_on_a_finer_grid():
+    # R90 11.7 px: under 2 pixels of the 53-px grid, where box means and smoothing would widen it
+    extent = measure(disk(3.0, seed=1))
+    assert extent.flag == "" and extent.r90 == pytest.approx(X90 * 3.0, rel=0.10)
+
+
+def test_the_compiled_smoothing_is_scipy_s_uniform_filter_bit_for_bit():
+    # the source's threshold is applied to it: a pixel on the other side of it would change the source
+    rng = np.random.default_rng(4)
+    for shape in [(53, 53), (106, 80), (8, 9), (1, 5)]:
+        grey = (rng.integers(0, 256, shape) / 3).astype(np.float32)
+        assert np.array_equal(_smooth3(grey), ndimage.uniform_filter(grey, 3, mode="nearest"))
+
+
+def test_the_compiled_flood_fill_finds_the_regions_scipy_finds():
+    rng = np.random.default_rng(5)
+    for density in (0.3, 0.5, 0.6):
+        mask = ndimage.uniform_filter(rng.random((53, 60)), 3) < density
+        labels, queue, areas = np.zeros(mask.shape, np.int32), np.empty(mask.size, np.int64), [0]
+        for y, x in zip(*np.nonzero(mask)):  # every region, filled from its first pixel in raster order
+            if labels[y, x] == 0:
+                areas.append(_fill(mask, labels, int(y), int(x), len(areas), queue))
+        expected, n = ndimage.label(mask)  # 4-connected, as ours
+        assert len(areas) == n + 1 and not labels[~mask].any()
+        # the same partition: each of ours is exactly one of scipy's, of the same area
+        pairs = set(zip(labels[mask].tolist(), expected[mask].tolist()))
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == n
+        assert areas[1:] == np.bincount(labels.ravel())[1:].tolist()
+        assert sorted(areas[1:]) == sorted(np.bincount(expected.ravel())[1:].tolist())
 
 
 def test_one_bad_file_among_many_is_reported_in_its_place_and_the_others_decode(tmp_path):
@@ -139,44 +155,6 @@ def test_one_bad_file_among_many_is_reported_in_its_place_and_the_others_decode(
     for i in (0, 2):
         alone = load(files[i], 32, AUTO)
         assert np.array_equal(outcomes[i].pixels, alone.pixels) and outcomes[i].r90 == pytest.approx(alone.r90)
-
-
-def test_load_many_holds_a_bounded_batch_and_a_failing_batch_fails_only_its_culprit(tmp_path, monkeypatch):
-    from zoomorph.io import decode as decoding
-
-    files = []
-    for i, rgb in enumerate([disk(10.0), disk(7.0, seed=1), disk(12.0, seed=2)]):
-        files.append(str(tmp_path / f"g{i}.jpg"))
-        (tmp_path / f"g{i}.jpg").write_bytes(as_jpeg(rgb))
-    together = load_many(files, 64, AUTO)
-    calls = []
-    measure_stack = decoding.measure_many
-
-    def recording(images):
-        calls.append(len(images))
-        return measure_stack(images)
-
-    monkeypatch.setattr(decoding, "measure_many", recording)
-    monkeypatch.setattr(decoding, "MEASURE_BYTES", 212 * 212 * 3 * 2)  # two opened Kaggle JPEGs at 1/2 scale
-    parts = load_many(files, 64, AUTO)
-    assert calls == [2, 1]
-    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(together, parts))
-
-    # a measurement that cannot take one image (the largest disk, the brightest): the batch fails, then
-    # each image is cut alone, and only that one comes back as its error
-    def fails_on_the_brightest(images):
-        if any(np.asarray(im).mean() > brightest for im in images):
-            raise ValueError("cannot measure this one")
-        return measure_stack(images)
-
-    means = [np.asarray(Image.open(f)).mean() for f in files]
-    brightest = (max(means) + sorted(means)[1]) / 2
-    monkeypatch.setattr(decoding, "MEASURE_BYTES", 64 << 20)
-    monkeypatch.setattr(decoding, "measure_many", fails_on_the_brightest)
-    isolated = load_many(files, 64, AUTO)
-    culprit = int(np.argmax(means))
-    assert isinstance(isolated[culprit], ValueError)
-    assert all(np.array_equal(isolated[i].pixels, together[i].pixels) for i in range(3) if i != culprit)
 
 
 # ------------------------------------------------------------------ fall-backs and the crop

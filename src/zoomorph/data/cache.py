@@ -22,7 +22,16 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from zoomorph.io.decode import AUTO, AUTO_CUT, FOV_COLUMNS, Fov, default_workers, fov_columns, load_many
+from zoomorph.io.decode import (
+    AUTO,
+    AUTO_CUT,
+    FOV_COLUMNS,
+    Fov,
+    compile_auto_fov,
+    default_workers,
+    fov_columns,
+    load_many,
+)
 from zoomorph.io.sources import ImageError, source_file
 
 BLOCK = 256  # rows per task: large enough to amortise scheduling, small enough for a smooth bar
@@ -80,6 +89,8 @@ def build_cache(sources: list[str], path: Path, size: int, fov: Fov, workers: in
     measured = fov_columns([None] * len(sources))
     columns = (TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn())
+    if fov == AUTO:
+        compile_auto_fov()  # before the workers fork, so that they share it
     pool = mp.get_context().Pool(workers) if workers else None
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("decode", total=len(sources), rate="-")

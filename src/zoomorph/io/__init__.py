@@ -7,8 +7,8 @@
     ids.py         the id of a file (its name as written) and join_key, the form ids are matched in
     inputs.py      the inputs a user gives -> one ordered listing (id, path, error, catalogue columns)
     decode.py      sources -> cropped, resized RGB uint8 (DCT-draft JPEG, 16-bit, FITS); load_many, decode_batch;
-                   the field of view (Fov: Kaggle pixels or "auto", a block's extents measured together)
-    extent.py      the central galaxy's centre, R90 and sky, measured from its pixels, many at a time (--fov auto)
+                   the field of view (Fov: Kaggle pixels or "auto", each galaxy's own extent)
+    extent.py      the central galaxy's centre, R90 and sky, measured from its pixels, compiled (--fov auto)
     fits.py        FITS cutouts -> RGB (the Lupton asinh stretch)
 
 Nothing here imports torch: decoding worker processes start from it.

@@ -19,14 +19,15 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Literal, Union
 
 import numpy as np
+from numba import njit
 from PIL import Image, UnidentifiedImageError
 
 from zoomorph.errors import ZoomorphError
-from zoomorph.io.extent import MEASURE_SIDE, Extent, measure_many
+from zoomorph.io.extent import MEASURE_SIDE, Extent, measure
 from zoomorph.io.fits import fits_rgb
 from zoomorph.io.sources import ImageError, Source, is_fits, read_bytes
 
@@ -58,12 +59,10 @@ SKY_LEVEL = (4, 4, 3)
 # Everything an auto crop depends on besides the image: recorded with the prepared data, in the run and
 # in predict's fingerprint, so that a run is never fed crops cut another way (check_auto_cut).
 # "version" counts changes to the measurement itself (zoomorph.io.extent): 2 = refined grids, sky level;
-# 3 = R90 read from a binned curve of growth (within 1.1% of version 2 over 1,000 q1 JPEGs).
+# 3 = R90 read from a binned curve of growth (within 1.1% of version 2 over 1,000 q1 JPEGs); compiled
+# (numba) since, the same measurement: over the 6,507 q1 JPEGs R90 within 6e-5, the same flags and skies.
 AUTO_CUT = {"version": 3, "multiple": AUTO_MULTIPLE, "measure_side": MEASURE_SIDE, "sky_level": list(SKY_LEVEL)}
 FOV_COLUMNS = ("fov_radius", "fov_crop", "fov_flag")  # what an auto field of view says per image
-# Opened images held for one measurement of many (load_many): 256 Kaggle JPEGs at the 1/2 scale an auto
-# crop decodes them at are 35 MB; a block of large PNG or FITS frames is measured in parts of this size.
-MEASURE_BYTES = 64 << 20
 
 
 def parse_fov(value: object, where: str = "fov") -> Fov:
@@ -126,11 +125,26 @@ def crop_resize(im: Image.Image, size: int, crop: float, centre: tuple[float, fl
     return np.asarray(im.resize((size, size), Image.BILINEAR, box=tuple(box), reducing_gap=None), dtype=np.uint8)
 
 
-def level_skies(pixels: np.ndarray, skies: np.ndarray) -> np.ndarray:
-    """A stack of RGB uint8 crops (N, S, S, 3) with each one's sky moved from skies[i] (N, 3) to SKY_LEVEL,
-    per band, clipped to 0-255: one pass over the stack, as per crop it costs a tenth of an auto decode."""
-    shift = (np.asarray(SKY_LEVEL, np.int16) - np.asarray(skies, np.int16)).reshape(-1, 1, 1, 3)
-    return np.clip(pixels.astype(np.int16) + shift, 0, 255).astype(np.uint8)
+def compile_auto_fov() -> None:
+    """Compile fov auto's code (numba: the measurement and level_sky) now, the first time after an install
+    ~15 s, then ~0.5 s from numba's cache: a process about to fork its decoding workers does it once for all."""
+    measure(np.zeros((MEASURE_SIDE, MEASURE_SIDE, 3), np.uint8))
+    level_sky(np.zeros((1, 1, 3), np.uint8), SKY_LEVEL)
+
+
+def level_sky(pixels: np.ndarray, sky: tuple[int, int, int]) -> np.ndarray:
+    """An RGB uint8 crop (S, S, 3) with its sky moved from `sky` to SKY_LEVEL, per band, clipped to 0-255."""
+    return _shifted(pixels, np.asarray(SKY_LEVEL, np.int64) - np.asarray(sky, np.int64))
+
+
+@njit(cache=True, nogil=True)
+def _shifted(pixels, shift):  # compiled: as numpy calls it cost a fifth of a crop
+    out = np.empty(pixels.shape, np.uint8)
+    for y in range(pixels.shape[0]):
+        for x in range(pixels.shape[1]):
+            for c in range(3):
+                out[y, x, c] = min(max(pixels[y, x, c] + shift[c], 0), 255)
+    return out
 
 
 def auto_box(extent: Extent, width: int, height: int) -> tuple[float, float, float, str]:
@@ -154,31 +168,15 @@ class _Opened:
     finer: Callable[[float], Image.Image] | None = None  # the source decoded again at a larger scale (a JPEG)
 
 
-def _cut_many(opened: list[_Opened], size: int, fov: Fov) -> list[Decoded]:
-    """The crops of opened sources: the central fov, or the auto one, the extents of all measured together
-    (zoomorph.io.extent.measure_many)."""
-    if fov != AUTO:
-        return [_cut(o, size, fov) for o in opened]
-    extents = measure_many([o.im for o in opened])
-    cuts = [_cut(o, size, fov, extent) for o, extent in zip(opened, extents)]
-    # a fall-back's ring may be no sky (a galaxy filling the frame): its crop is left as it is
-    level = [i for i, (cut, extent) in enumerate(zip(cuts, extents)) if not cut.flag]
-    if level:
-        levelled = level_skies(np.stack([cuts[i].pixels for i in level]), [extents[i].sky for i in level])
-        for i, pixels in zip(level, levelled):
-            cuts[i] = replace(cuts[i], pixels=pixels)
-    return cuts
-
-
-def _cut(o: _Opened, size: int, fov: Fov, measured: Extent | None = None) -> Decoded:
-    """The crop of an opened source: the central fov, or the auto one by its extent `measured` on `o.im`
-    (decoded again at the scale the crop needs when `o.im` is too coarse for it), its sky left for
-    _cut_many to level."""
+def _cut(o: _Opened, size: int, fov: Fov) -> Decoded:
+    """The crop of an opened source: the central fov, or the auto one by the extent measured on `o.im`
+    (decoded again at the scale the crop needs when `o.im` is too coarse for it), its sky moved to
+    SKY_LEVEL."""
     im, scale = o.im, o.im.size[0] / o.width  # what a DCT draft shrank it by
     if fov != AUTO:
         crop = fov_crop(min(o.width, o.height), fov)
         return Decoded(crop_resize(im, size, crop * scale), o.note, crop=crop)
-    extent = measured.scaled(1 / scale)
+    extent = measure(im).scaled(1 / scale)
     x, y, side, flag = auto_box(extent, o.width, o.height)
     if o.finer is not None and side * scale < size and scale < 1:
         im = o.finer(size / side)
@@ -188,7 +186,9 @@ def _cut(o: _Opened, size: int, fov: Fov, measured: Extent | None = None) -> Dec
         box = (0, 0, im.size[0] // reduce * reduce, im.size[1] // reduce * reduce)
         im, scale = im.reduce(reduce, box=box), scale / reduce
     pixels = crop_resize(im, size, side * scale, (x * scale, y * scale), extent.sky or (0, 0, 0))
-    return Decoded(pixels, o.note, math.nan if flag else extent.r90, side, flag)  # its sky not yet levelled
+    if flag:  # a fall-back's ring may be no sky (a galaxy filling the frame): its crop is left as it is
+        return Decoded(pixels, o.note, math.nan, side, flag)
+    return Decoded(level_sky(pixels, extent.sky), o.note, extent.r90, side)
 
 
 def _to_rgb(im: Image.Image, name: str) -> Image.Image:
@@ -266,20 +266,21 @@ def decode(data: bytes, size: int, fov: Fov = KAGGLE_SIZE, name: str = "image") 
     the galaxy's own extent (module docstring).
     Raises ImageError naming `name` for anything that is not a usable image.
     """
-    return _cut_many([_open_image(data, size, fov, name)], size, fov)[0]
+    return _cut(_open_image(data, size, fov, name), size, fov)
 
 
 def decode_fits(data: bytes, size: int, fov: Fov = KAGGLE_SIZE, name: str = "image.fits") -> Decoded:
     """A FITS cutout's bytes -> its bands as RGB (zoomorph.io.fits), cropped and resized like a JPEG."""
-    return _cut_many([_open_fits(data, name)], size, fov)[0]
+    return _cut(_open_fits(data, name), size, fov)
 
 
 def cut_arrays(images: list[np.ndarray], size: int, fov: Fov = KAGGLE_SIZE) -> list[Decoded]:
     """In-memory full-resolution RGB images (H, W, 3) uint8 -> the crops `decode` would cut from their
     files (auto: measured on their box means, as a JPEG on its DCT-downscaled decode): the survey-shift
     suite transforms images in memory and must see the same geometry."""
-    opened = [_Opened(im, *im.size) for im in (Image.fromarray(np.ascontiguousarray(a, np.uint8)) for a in images)]
-    return _cut_many(opened, size, parse_fov(fov))
+    fov = parse_fov(fov)
+    return [_cut(_Opened(im, *im.size), size, fov) for im in
+            (Image.fromarray(np.ascontiguousarray(a, np.uint8)) for a in images)]
 
 
 def cut_array(rgb: np.ndarray, size: int, fov: Fov = KAGGLE_SIZE) -> Decoded:
@@ -290,50 +291,20 @@ def cut_array(rgb: np.ndarray, size: int, fov: Fov = KAGGLE_SIZE) -> Decoded:
 def load(source: Source, size: int, fov: Fov = KAGGLE_SIZE) -> Decoded:
     """Read and decode one source: FITS by its name, anything else by Pillow. Raises ImageError saying why
     a source cannot be used (an Unusable: its reason)."""
-    outcome = load_many([source], size, fov)[0]
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
+    data = read_bytes(source)
+    return _cut(_open_fits(data, source) if is_fits(source) else _open_image(data, size, fov, source), size, fov)
 
 
 def load_many(sources: list[Source], size: int, fov: Fov = KAGGLE_SIZE) -> list[Decoded | Exception]:
     """load() of each source, in its place: its Decoded, or the exception that says why it cannot be used
-    (an ImageError, or anything else a damaged file raised). With fov auto the extents of up to
-    MEASURE_BYTES of opened images are measured together, which is several times faster than one by one."""
-    outcomes: list[Decoded | Exception | None] = [None] * len(sources)
-    pending: list[tuple[int, _Opened]] = []
-
-    def cut_pending() -> None:
+    (an ImageError, or anything else a damaged file raised)."""
+    outcomes: list[Decoded | Exception] = []
+    for source in sources:
         try:
-            cuts = _cut_many([o for _, o in pending], size, fov)
-        except Exception:  # noqa: BLE001 (one image the batch cannot take: cut each alone, so that only it fails)
-            cuts = [_cut_alone(o, size, fov) for _, o in pending]
-        for (i, _), cut in zip(pending, cuts):
-            outcomes[i] = cut
-        pending.clear()
-
-    held = 0
-    for i, source in enumerate(sources):
-        try:
-            data = read_bytes(source)
-            opened = _open_fits(data, source) if is_fits(source) else _open_image(data, size, fov, source)
+            outcomes.append(load(source, size, fov))
         except Exception as err:  # noqa: BLE001 (any failure, e.g. a decompression bomb, is that source's)
-            outcomes[i] = err
-            continue
-        pending.append((i, opened))
-        held += opened.im.size[0] * opened.im.size[1] * 3
-        if fov != AUTO or held >= MEASURE_BYTES:  # a fixed crop needs no other image; memory stays bounded
-            cut_pending()
-            held = 0
-    cut_pending()
+            outcomes.append(err)
     return outcomes
-
-
-def _cut_alone(o: _Opened, size: int, fov: Fov) -> Decoded | Exception:
-    try:
-        return _cut_many([o], size, fov)[0]
-    except Exception as err:  # noqa: BLE001
-        return err
 
 
 def fov_columns(decoded: list[Decoded | None]) -> dict[str, np.ndarray]:

@@ -4,12 +4,11 @@ For an RGB uint8 image, on a grid of about MEASURE_SIDE pixels (block means of
 the image, or of a DCT-downscaled JPEG decode):
 
 1. sky level and noise from the border ring, sigma-clipped (3 sigma about the
-   median, to convergence: astropy.stats.sigma_clipped_stats' algorithm, in
-   numpy, see `clipped_stats`);
+   median, to convergence: astropy.stats.sigma_clipped_stats' algorithm, see
+   `clipped_stats`);
 2. a lightly smoothed grey image thresholded at sky + THRESHOLD x noise; the
-   connected source containing the centre, or the nearest one starting within
-   NEAR of it (scipy.ndimage.label). Neighbours and stars that do not touch it
-   are not part of it;
+   4-connected source containing the centre, or the nearest one starting
+   within NEAR of it. Neighbours and stars that do not touch it are not part of it;
 3. its flux-weighted centre; then its R90, the radius about that centre
    holding 90% of the sky-subtracted flux in an aperture made of the source
    grown by half its radius (the faint wings below the threshold hold ~10% of
@@ -17,21 +16,20 @@ the image, or of a DCT-downscaled JPEG decode):
 
 A measurement that cannot be trusted comes back with a flag ("blank image",
 "no source at the centre", "source fills the frame") and the caller falls
-back to the full frame. Images are measured many at a time (`measure_many`):
-each step is one numpy or scipy call over a stack of same-shaped grids, as a
-galaxy's grid is small (53 x 53) and one call per image per step would cost
-several times the decode. No torch here: decoding workers import this module.
+back to the full frame. The steps of one grid are compiled (numba) into one
+pass of loops: a grid is small (53 x 53), and as numpy or scipy calls, even
+over a stack of 256 grids, they cost as much as the JPEG decode (docs/other-surveys.md).
+No torch here: decoding workers import this module.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 from PIL import Image
-from scipy import ndimage
 
 MEASURE_SIDE = 53  # the grid's shorter side, about: an eighth of a Kaggle frame (424 px), 4x faster than 106
 # grid pixels: a galaxy measured smaller than this is measured again on a grid twice as fine (until it is
@@ -52,6 +50,9 @@ NEAR = 0.1  # a source may start this far from the centre (fraction of the short
 GROW = 0.5  # the aperture: the source grown by this fraction of its equivalent radius
 FRACTION = 0.9  # R90
 RADIUS_STEP = 0.1  # grid pixels: the resolution of the curve of growth R90 is read from
+# what the compiled measurement says of a grid, by its code (0: sound)
+FLAGS = ("", "source fills the frame", "blank image", "no source at the centre")
+SOUND, FILLS, BLANK, NO_SOURCE = range(4)
 
 
 @dataclass(frozen=True)
@@ -70,49 +71,31 @@ class Extent:
         return Extent(self.x * factor, self.y * factor, self.r90 * factor, self.sky, self.flag)
 
 
-# connectivity within each grid of a stack, none between grids: ndimage.label's default (4-connected) in 2D
-IN_PLANE = np.zeros((3, 3, 3), bool)
-IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
-
-
 def clipped_stats(values: np.ndarray, sigma: float = CLIP_SIGMA, iters: int = CLIP_ITERS) -> tuple[float, float]:
     """(median, std) of `values` after iterative sigma clipping about the median, as
     astropy.stats.sigma_clipped_stats(values, sigma=3, maxiters=5) gives them (tests/test_fov_auto.py
     checks that they agree). Here rather than astropy's because that costs ~400 us a call (a third of an
     image's budget when the cache builds at 1,500 images/s on 2 cores) and 0.35 s of import in every
     decoding process."""
-    median, std = clipped_stats_rows(np.asarray(values).reshape(1, -1), sigma, iters)
-    return float(median[0]), float(std[0])
+    median, std = _clipped_stats(np.sort(np.asarray(values, np.float64).ravel()), sigma, iters)
+    return float(median), float(std)
 
 
-def clipped_stats_rows(values: np.ndarray, sigma: float = CLIP_SIGMA,
-                       iters: int = CLIP_ITERS) -> tuple[np.ndarray, np.ndarray]:
-    """clipped_stats of each row of a (B, N) array: on sorted rows with running sums, each round is a
-    count of the values below and above the clipping limits."""
-    v = np.sort(np.asarray(values, np.float64), axis=1)
-    zero = np.zeros((len(v), 1))
-    sums = np.concatenate([zero, np.cumsum(v, axis=1)], axis=1)
-    squares = np.concatenate([zero, np.cumsum(v * v, axis=1)], axis=1)
-    rows = np.arange(len(v))
-
-    def stats(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = hi - lo
-        mean = (sums[rows, hi] - sums[rows, lo]) / n
-        return ((v[rows, lo + (n - 1) // 2] + v[rows, lo + n // 2]) / 2,
-                np.sqrt(np.maximum((squares[rows, hi] - squares[rows, lo]) / n - mean * mean, 0.0)))
-
-    lo, hi = np.zeros(len(v), np.int64), np.full(len(v), v.shape[1], np.int64)
-    clipping = np.ones(len(v), bool)
-    for _ in range(iters):
-        median, std = stats(lo, hi)
-        # values once clipped stay clipped, as in astropy
-        new_lo = np.maximum(lo, (v < (median - sigma * std)[:, None]).sum(1))
-        new_hi = np.minimum(hi, (v <= (median + sigma * std)[:, None]).sum(1))
-        clipping &= ~(((new_lo == lo) & (new_hi == hi)) | (new_hi <= new_lo))  # converged, or nothing left
-        if not clipping.any():
+def measure(image: np.ndarray | Image.Image) -> Extent:
+    """The central galaxy of an RGB uint8 image (H, W, 3) (or a Pillow RGB image): centre, R90 and sky, in
+    its pixels. Measured on a grid of about MEASURE_SIDE pixels, then on grids twice as fine while its
+    galaxy is smaller than FINE_R90 grid pixels and the image has the pixels (a flag on a finer grid, noise
+    or a neighbour joined, leaves the sound coarser measurement standing)."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image, np.uint8))
+    f = max(1, min(im.size) // MEASURE_SIDE)
+    extent = _measure_grid(_blocks(im, f), f)
+    while f > 1 and extent.r90 < FINE_R90 * f and min(im.size) // (f // 2) <= MAX_SIDE:  # nan: it stands
+        f //= 2
+        finer = _measure_grid(_blocks(im, f), f)
+        if finer.flag:
             break
-        lo, hi = np.where(clipping, new_lo, lo), np.where(clipping, new_hi, hi)
-    return stats(lo, hi)
+        extent = finer
+    return extent
 
 
 def _blocks(im: Image.Image, f: int) -> np.ndarray:
@@ -122,161 +105,283 @@ def _blocks(im: Image.Image, f: int) -> np.ndarray:
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
-def _ring(a: np.ndarray, width: int) -> np.ndarray:
-    """The pixels of the outer `width` rows and columns of each image of a stack (B, H, W, ...), each once:
-    (B, N, ...)."""
-    b, rest = len(a), a.shape[3:]
-    return np.concatenate([a[:, :width].reshape(b, -1, *rest), a[:, -width:].reshape(b, -1, *rest),
-                           a[:, width:-width, :width].reshape(b, -1, *rest),
-                           a[:, width:-width, -width:].reshape(b, -1, *rest)], axis=1)
-
-
-def measure(rgb: np.ndarray | Image.Image) -> Extent:
-    """The central galaxy of an RGB uint8 image (H, W, 3) (or a Pillow RGB image): centre, R90 and sky, in
-    its pixels (`measure_many` of one image)."""
-    return measure_many([rgb])[0]
-
-
-def measure_many(images: Sequence[np.ndarray | Image.Image]) -> list[Extent]:
-    """measure() of each image. Each is measured on a grid of about MEASURE_SIDE pixels, then on grids
-    twice as fine while its galaxy is smaller than FINE_R90 grid pixels and the image has the pixels."""
-    ims = [im if isinstance(im, Image.Image) else Image.fromarray(np.ascontiguousarray(im, np.uint8))
-           for im in images]
-    factors = [max(1, min(im.size) // MEASURE_SIDE) for im in ims]
-    extents = _measure_at(ims, factors, range(len(ims)))
-    finer = list(range(len(ims)))
-    while finer := [i for i in finer if factors[i] > 1 and extents[i].r90 < FINE_R90 * factors[i]  # nan: stands
-                    and min(ims[i].size) // (factors[i] // 2) <= MAX_SIDE]:
-        for i in finer:
-            factors[i] //= 2
-        again = _measure_at(ims, factors, finer)
-        # a flag on the finer grid (noise, a neighbour joined) leaves the sound coarser measurement standing
-        finer = [i for i in finer if not again[i].flag]
-        extents.update({i: again[i] for i in finer})
-    return [extents[i] for i in range(len(ims))]
-
-
-def _measure_at(ims: list[Image.Image], factors: list[int], which) -> dict[int, Extent]:
-    """{i: the extent of ims[i]} for i in `which`, measured on its grid of factors[i] x factors[i] box
-    means; the grids of one shape and factor are measured together."""
-    groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
-    for i in which:
-        grid = _blocks(ims[i], factors[i])
-        groups.setdefault((grid.shape, factors[i]), []).append((i, grid))
-    extents = {}
-    for (_, f), members in groups.items():
-        measured = _measure_grids(np.stack([grid for _, grid in members]), f)
-        extents.update({i: extent for (i, _), extent in zip(members, measured)})
-    return extents
-
-
-def _measure_grids(small: np.ndarray, f: int) -> list[Extent]:
-    """The extents of a stack of grids of box means (B, h, w, 3) uint8, each f x f pixels of its image."""
-    b, h, w = small.shape[:3]
+def _measure_grid(grid: np.ndarray, f: int) -> Extent:
+    """The extent of an image from its grid of box means (h, w, 3) uint8, each f x f of its pixels."""
+    h, w = grid.shape[:2]
     centre = (w * f / 2, h * f / 2)
     if min(h, w) < 8:
-        return [Extent(*centre, math.nan, None, "image too small to measure")] * b
-    width = max(2, round(RING * min(h, w)))
-    sky_rgb = _middle(_ring(small, width)[:, ::3], axis=1)  # a third of the ring is plenty
-    grey = (small[..., 0].astype(np.float32) + small[..., 1] + small[..., 2]) / 3
-    smooth = ndimage.uniform_filter(grey, (1, 3, 3), mode="nearest")
-    sky, noise = clipped_stats_rows(_ring(smooth, width))
-    reach = max(1, round(NEAR * min(h, w)))
-    peak = smooth[:, h // 2 - reach:h // 2 + reach + 1, w // 2 - reach:w // 2 + reach + 1].max(axis=(1, 2)) - sky
-    level = sky + np.maximum(THRESHOLD * np.maximum(noise, NOISE_FLOOR), PEAK_SHARE * peak)
-    labels, _ = ndimage.label(smooth > level.astype(np.float32)[:, None, None], structure=IN_PLANE)
-    areas = np.bincount(labels.ravel())
-    areas[0] = 0
-    big = areas >= MIN_AREA  # per label
-    chosen = _central(labels, big, h, w)
-    source = (labels == chosen[:, None, None]) & (chosen > 0)[:, None, None]
-    flux = grey - sky.astype(np.float32)[:, None, None]
-    weights = np.where(source, np.clip(flux, 0, None), 0)
-    total = weights.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cx = weights.sum(axis=1) @ (np.arange(w) + 0.5) / total  # the flux-weighted centre
-        cy = weights.sum(axis=2) @ (np.arange(h) + 0.5) / total
-    grow = np.maximum(1, np.round(GROW * np.sqrt(areas[chosen] / math.pi))).astype(int)
-    r90 = _r90(flux, _aperture(source, labels, grow), cx, cy)
-    flags = np.select(
-        [_edges_lit(smooth, width), ~big[labels].any(axis=(1, 2)), chosen == 0,
-         source[:, 0].any(1) & source[:, -1].any(1) & source[:, :, 0].any(1) & source[:, :, -1].any(1),
-         ~(total > 0) | ~(r90 > 0)],
-        ["source fills the frame", "blank image", "no source at the centre", "source fills the frame",
-         "blank image"], "")
-    return [Extent(*centre, math.nan, tuple(int(v) for v in sky_rgb[k]), str(flags[k])) if flags[k] else
-            Extent(float(cx[k]) * f, float(cy[k]) * f, float(r90[k]) * f, tuple(int(v) for v in sky_rgb[k]))
-            for k in range(b)]
+        return Extent(*centre, math.nan, None, "image too small to measure")
+    width, reach = max(2, round(RING * min(h, w))), max(1, round(NEAR * min(h, w)))
+    cx, cy, r90, r, g, b, flag = _measure(grid, width, reach)
+    if flag != SOUND:
+        return Extent(*centre, math.nan, (r, g, b), FLAGS[flag])
+    return Extent(cx * f, cy * f, r90 * f, (r, g, b))
 
 
-def _edges_lit(smooth: np.ndarray, width: int) -> np.ndarray:
-    """Per grid of a stack (B, h, w): whether the middle of every side of the ring stands out above its
-    corners (by THRESHOLD x the noise within a corner, and FILL_MIN): a source so large that the ring is its
-    outskirts, not sky, and the sky it gives too bright to find the source by. A sky gradient, or a star by
-    one side, lights some sides."""
-    b, h, w = smooth.shape
-    corners = np.stack([smooth[:, :width, :width], smooth[:, :width, -width:], smooth[:, -width:, :width],
-                        smooth[:, -width:, -width:]], axis=1).reshape(b, 4, -1)
-    medians = _middle(corners, axis=2)
-    noise = np.maximum((corners - medians[..., None]).reshape(b, -1).std(axis=1), NOISE_FLOOR)
-    across, down = slice(w // 3, w - w // 3), slice(h // 3, h - h // 3)
-    sides = np.concatenate([smooth[:, :width, across], smooth[:, -width:, across],
-                            smooth[:, down, :width].transpose(0, 2, 1),
-                            smooth[:, down, -width:].transpose(0, 2, 1)], axis=2)
-    parts = np.cumsum([0, w - 2 * (w // 3), w - 2 * (w // 3), h - 2 * (h // 3), h - 2 * (h // 3)])
-    # each side's mean: a star by one side lifts that side only
-    means = np.add.reduceat(sides.sum(axis=1), parts[:-1], axis=1) / (width * np.diff(parts))
-    return means.min(axis=1) > _middle(medians, axis=1) + np.maximum(THRESHOLD * noise, FILL_MIN)
+# ------------------------------------------------------------------ the compiled steps
 
 
-def _middle(a: np.ndarray, axis: int = 0) -> np.ndarray:
-    """The (upper) median along `axis` by one partition: np.median costs 5x as much in its checks here."""
-    k = a.shape[axis] // 2
-    return np.take(np.partition(a, k, axis=axis), k, axis=axis)
+@njit(cache=True, nogil=True)
+def _measure(grid, width, reach):
+    """(cx, cy, r90 in grid pixels, sky R, G, B, flag code) of a grid (h, w, 3) uint8, its ring `width`
+    pixels wide, its source starting within `reach` of the centre: the steps of the module docstring."""
+    h, w = grid.shape[0], grid.shape[1]
+    # 1. the sky and its noise, from the ring; the sky per band: the (upper) median of every third ring pixel
+    ys, xs = _ring(h, w, width)
+    counts = np.zeros((3, 256), np.int64)
+    for k in range(0, len(ys), 3):
+        for c in range(3):
+            counts[c, grid[ys[k], xs[k], c]] += 1
+    r, g, b = _upper_median(counts[0]), _upper_median(counts[1]), _upper_median(counts[2])
+    grey = np.empty((h, w), np.float32)
+    for y in range(h):
+        for x in range(w):  # float32 as numpy would add the bands: (R + G) + B, then / 3
+            red, green, blue = np.float32(grid[y, x, 0]), np.float32(grid[y, x, 1]), np.float32(grid[y, x, 2])
+            grey[y, x] = (red + green + blue) / np.float32(3)
+    smooth = _smooth3(grey)
+    if _edges_lit(smooth, width):
+        return math.nan, math.nan, math.nan, r, g, b, FILLS
+    ring = np.empty(len(ys))
+    for k in range(len(ys)):
+        ring[k] = smooth[ys[k], xs[k]]
+    sky, noise = _clipped_stats(np.sort(ring), CLIP_SIGMA, CLIP_ITERS)
+
+    # 2. the source: of the regions above the threshold that reach the window about the centre, the one of
+    # MIN_AREA or more with the pixel nearest the centre (the first in raster order among equals)
+    peak = -np.inf
+    y0, y1 = max(h // 2 - reach, 0), min(h // 2 + reach + 1, h)
+    x0, x1 = max(w // 2 - reach, 0), min(w // 2 + reach + 1, w)
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            peak = max(peak, smooth[y, x])
+    level = np.float32(sky + max(THRESHOLD * max(noise, NOISE_FLOOR), PEAK_SHARE * (peak - sky)))
+    mask = smooth > level
+    labels = np.zeros((h, w), np.int32)  # only the regions reaching the window are labelled
+    queue = np.empty(h * w, np.int64)
+    areas = [0]
+    best, chosen = np.inf, 0
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if mask[y, x] and labels[y, x] == 0:
+                areas.append(_fill(mask, labels, y, x, len(areas), queue))
+            d2 = (y + 0.5 - h / 2) ** 2 + (x + 0.5 - w / 2) ** 2
+            if areas[labels[y, x]] >= MIN_AREA and d2 < best:
+                best, chosen = d2, labels[y, x]
+    if best > (reach + 1) ** 2:
+        # blank: no region anywhere of MIN_AREA (they are noise peaks); else none at the centre
+        flag = NO_SOURCE if _any_region(mask, labels, queue, max(areas)) else BLANK
+        return math.nan, math.nan, math.nan, r, g, b, flag
+
+    # 3. its flux-weighted centre, and R90 in the grown aperture (other sources masked out)
+    total, sum_x, sum_y = 0.0, 0.0, 0.0
+    top, bottom, left, right = h, -1, w, -1
+    sky32 = np.float32(sky)
+    for y in range(h):
+        for x in range(w):
+            if labels[y, x] == chosen:
+                top, bottom, left, right = min(top, y), max(bottom, y), min(left, x), max(right, x)
+                flux = grey[y, x] - sky32
+                if flux > 0:
+                    total += flux
+                    sum_x += flux * (x + 0.5)
+                    sum_y += flux * (y + 0.5)
+    if top == 0 and left == 0 and bottom == h - 1 and right == w - 1:  # it touches all four edges
+        return math.nan, math.nan, math.nan, r, g, b, FILLS
+    if not total > 0:
+        return math.nan, math.nan, math.nan, r, g, b, BLANK
+    cx, cy = sum_x / total, sum_y / total
+    grow = max(1, int(np.rint(GROW * math.sqrt(areas[chosen] / math.pi))))
+    box = (max(top - grow, 0), min(bottom + grow + 1, h), max(left - grow, 0), min(right + grow + 1, w))
+    r90 = _r90(grey, sky32, _aperture(mask, labels, chosen, grow, box), box, cx, cy)
+    if not r90 > 0:
+        return math.nan, math.nan, math.nan, r, g, b, BLANK
+    return cx, cy, r90, r, g, b, SOUND
 
 
-def _central(labels: np.ndarray, big: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Per grid of a stack of labels (B, h, w): the label of the source at the centre, the one holding the
-    centre pixel, else the one with the pixel nearest it within NEAR; 0 for none. big: per label, whether
-    it is large enough to be a source."""
-    reach = max(1, round(NEAR * min(h, w)))
-    y0, x0 = max(h // 2 - reach, 0), max(w // 2 - reach, 0)
-    window = labels[:, y0:h // 2 + reach + 1, x0:w // 2 + reach + 1]
-    dy = np.arange(window.shape[1]) + y0 + 0.5 - h / 2
-    dx = np.arange(window.shape[2]) + x0 + 0.5 - w / 2
-    d2 = np.where(big[window], dy[:, None] ** 2 + dx[None, :] ** 2, np.inf).reshape(len(labels), -1)
-    rows, nearest = np.arange(len(labels)), d2.argmin(axis=1)  # the first in raster order among equals
-    return np.where(d2[rows, nearest] <= (reach + 1) ** 2, window.reshape(len(labels), -1)[rows, nearest], 0)
+@njit(cache=True, nogil=True)
+def _upper_median(counts):
+    """The (upper) median of values given as counts per value: the one at index n // 2 of them sorted."""
+    seen, middle = 0, counts.sum() // 2
+    for value in range(len(counts)):
+        seen += counts[value]
+        if seen > middle:
+            return value
+    return len(counts) - 1
 
 
-def _aperture(source: np.ndarray, labels: np.ndarray, grow: np.ndarray) -> np.ndarray:
-    """Each grid's source (B, h, w) grown by its `grow` pixels (a square), other sources masked out."""
-    grown = np.zeros_like(source)
-    for g in np.unique(grow):
-        these = grow == g
-        grown[these] = ndimage.maximum_filter(source[these], size=(1, 2 * g + 1, 2 * g + 1), mode="constant")
-    return grown & ((labels == 0) | source)
+@njit(cache=True, nogil=True)
+def _ring(h, w, width):
+    """(rows, columns) of the outer `width` rows and columns of an h x w grid, each pixel once: the top
+    rows, the bottom rows, then the left and the right columns between them."""
+    n = 2 * width * w + 2 * width * (h - 2 * width)
+    ys, xs = np.empty(n, np.int64), np.empty(n, np.int64)
+    k = 0
+    for rows in ((0, width), (h - width, h)):
+        for y in range(rows[0], rows[1]):
+            for x in range(w):
+                ys[k], xs[k] = y, x
+                k += 1
+    for cols in ((0, width), (w - width, w)):
+        for y in range(width, h - width):
+            for x in range(cols[0], cols[1]):
+                ys[k], xs[k] = y, x
+                k += 1
+    return ys, xs
 
 
-def _r90(flux: np.ndarray, aperture: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
-    """Per grid of a stack (B, h, w): the radius about (cx, cy) holding FRACTION of the flux in the
-    aperture; nan where it holds none. The curve of growth is binned in steps of RADIUS_STEP, each pixel's
-    light spread evenly over the step its centre falls in: one weighted bincount for the whole stack, where
-    sorting each grid's pixels by radius cost three times the rest of the measurement."""
-    b, h, w = flux.shape
+@njit(cache=True, nogil=True)
+def _clipped_stats(v, sigma, iters):
+    """(median, std) of the sorted values `v` clipped about the median (clipped_stats): each round is a
+    count of the values below and above the limits, and the sums of what is left from running sums."""
+    sums, squares = np.zeros(len(v) + 1), np.zeros(len(v) + 1)
+    for k in range(len(v)):
+        sums[k + 1] = sums[k] + v[k]
+        squares[k + 1] = squares[k] + v[k] * v[k]
+    lo, hi = 0, len(v)
+    for _ in range(iters):
+        median, std = _stats(v, sums, squares, lo, hi)
+        # values once clipped stay clipped, as in astropy
+        new_lo = max(lo, np.searchsorted(v, median - sigma * std, side="left"))
+        new_hi = min(hi, np.searchsorted(v, median + sigma * std, side="right"))
+        if (new_lo == lo and new_hi == hi) or new_hi <= new_lo:  # converged, or nothing left
+            break
+        lo, hi = new_lo, new_hi
+    return _stats(v, sums, squares, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def _stats(v, sums, squares, lo, hi):
+    n = hi - lo
+    mean = (sums[hi] - sums[lo]) / n
+    return ((v[lo + (n - 1) // 2] + v[lo + n // 2]) / 2,
+            math.sqrt(max((squares[hi] - squares[lo]) / n - mean * mean, 0.0)))
+
+
+@njit(cache=True, nogil=True)
+def _smooth3(a):
+    """3 x 3 box means of a float32 grid, edges extended: scipy.ndimage.uniform_filter(a, 3, mode="nearest"),
+    bit for bit (a running sum in float64 down the columns, then along the rows, each stored as float32)."""
+    return _mean3_rows(_mean3_rows(a.T).T)
+
+
+@njit(cache=True, nogil=True)
+def _mean3_rows(a):
+    """Means of 3 along each row of a float32 array (h, w), its ends extended, as scipy's uniform_filter1d."""
+    h, w = a.shape
+    out = np.empty((h, w), np.float32)
+    for y in range(h):
+        total = np.float64(a[y, 0]) + a[y, 0] + a[y, min(1, w - 1)]
+        out[y, 0] = total / 3
+        for x in range(1, w):
+            total += np.float64(a[y, min(x + 1, w - 1)]) - a[y, max(x - 2, 0)]
+            out[y, x] = total / 3
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _edges_lit(smooth, width):
+    """Whether the middle of every side of the ring stands out above its corners (by THRESHOLD x the noise
+    within a corner, and FILL_MIN): a source so large that the ring is its outskirts, not sky, and the sky
+    it gives too bright to find the source by. A sky gradient, or a star by one side, lights some sides."""
+    h, w = smooth.shape
+    n = width * width
+    medians = np.empty(4, np.float32)
+    deviations = np.empty(4 * n, np.float64)
+    for c in range(4):
+        y0, x0 = (0 if c < 2 else h - width), (0 if c % 2 == 0 else w - width)
+        corner = smooth[y0:y0 + width, x0:x0 + width].copy().ravel()
+        medians[c] = np.sort(corner)[n // 2]
+        deviations[c * n:(c + 1) * n] = corner - medians[c]
+    noise = max(np.std(deviations), NOISE_FLOOR)
+    across, down = (w // 3, w - w // 3), (h // 3, h - h // 3)
+    sides = (smooth[:width, across[0]:across[1]], smooth[h - width:, across[0]:across[1]],
+             smooth[down[0]:down[1], :width], smooth[down[0]:down[1], w - width:])
+    lowest = np.inf
+    for side in sides:  # each side's mean: a star by one side lifts that side only
+        lowest = min(lowest, np.float64(side.sum()) / side.size)
+    return lowest > np.sort(medians)[2] + max(THRESHOLD * noise, FILL_MIN)
+
+
+@njit(cache=True, nogil=True)
+def _fill(mask, labels, y, x, label, queue):
+    """Give the 4-connected region of `mask` holding (y, x) the number `label` in `labels`; its area."""
+    h, w = mask.shape
+    labels[y, x] = label
+    queue[0], head, tail = y * w + x, 0, 1
+    while head < tail:
+        py, px = divmod(queue[head], w)
+        head += 1
+        for ny, nx in ((py - 1, px), (py + 1, px), (py, px - 1), (py, px + 1)):
+            if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and labels[ny, nx] == 0:
+                labels[ny, nx] = label
+                queue[tail] = ny * w + nx
+                tail += 1
+    return tail
+
+
+@njit(cache=True, nogil=True)
+def _any_region(mask, labels, queue, largest):
+    """Whether `mask` has a 4-connected region of MIN_AREA or more: of those labelled already (the largest
+    of them has `largest` pixels), or of the rest, which it labels."""
+    if largest >= MIN_AREA:
+        return True
+    h, w = mask.shape
+    label = labels.max()
+    for y in range(h):
+        for x in range(w):
+            if mask[y, x] and labels[y, x] == 0:
+                label += 1
+                if _fill(mask, labels, y, x, label, queue) >= MIN_AREA:
+                    return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def _aperture(mask, labels, chosen, grow, box):
+    """Within `box` (top, bottom, left, right; the source grown by `grow` fits in it): the source `chosen`
+    grown by `grow` pixels (a square), other sources (the rest of `mask`) masked out."""
+    top, bottom, left, right = box
+    across = np.zeros((bottom - top, right - left), np.bool_)  # grown along the rows, then down the columns
+    for y in range(top, bottom):
+        for x in range(left, right):
+            if labels[y, x] == chosen:
+                across[y - top, max(x - grow, left) - left:min(x + grow + 1, right) - left] = True
+    grown = np.zeros_like(across)
+    for y in range(bottom - top):
+        for x in range(right - left):
+            if across[y, x]:
+                grown[max(y - grow, 0):y + grow + 1, x] = True
+    for y in range(top, bottom):
+        for x in range(left, right):
+            if mask[y, x] and labels[y, x] != chosen:
+                grown[y - top, x - left] = False
+    return grown
+
+
+@njit(cache=True, nogil=True)
+def _r90(grey, sky, aperture, box, cx, cy):
+    """The radius about (cx, cy) holding FRACTION of the sky-subtracted flux in the aperture (within `box`
+    of the grid); nan where it holds none. The curve of growth is binned in steps of RADIUS_STEP, each
+    pixel's light spread evenly over the step its centre falls in."""
+    h, w = grey.shape
+    top, _, left, _ = box
     steps = math.ceil(math.hypot(h, w) / RADIUS_STEP) + 1  # a centre within the grid is nearer than its diagonal
-    # float32 and squares summed by broadcasting: np.hypot over the stack costs six times as much
-    dx2 = (np.arange(w, dtype=np.float32) + 0.5 - np.nan_to_num(cx).astype(np.float32)[:, None]) ** 2
-    dy2 = (np.arange(h, dtype=np.float32) + 0.5 - np.nan_to_num(cy).astype(np.float32)[:, None]) ** 2
-    step = (np.sqrt(dx2[:, None, :] + dy2[:, :, None]) * np.float32(1 / RADIUS_STEP)).astype(np.int32)
-    np.minimum(step, steps - 1, out=step)
-    step += (np.arange(b, dtype=np.int32) * steps)[:, None, None]
-    profile = np.bincount(step.ravel(), (flux * aperture).ravel(), b * steps).reshape(b, steps)
-    growth = np.cumsum(profile, axis=1)  # the flux within the outer edge of each step
-    total = growth[:, -1]
-    i = (growth >= FRACTION * total[:, None]).argmax(axis=1)  # the step the curve crosses in
-    rows = np.arange(b)
-    inner = np.where(i > 0, growth[rows, i - 1], 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r90 = (i + (FRACTION * total - inner) / profile[rows, i]) * RADIUS_STEP
-    return np.where(total > 0, r90, np.nan)
+    profile = np.zeros(steps)
+    cx32, cy32, per_step = np.float32(cx), np.float32(cy), np.float32(1 / RADIUS_STEP)
+    for j in range(aperture.shape[0]):
+        dy2 = (np.float32(top + j) + np.float32(0.5) - cy32) ** 2
+        for i in range(aperture.shape[1]):
+            if aperture[j, i]:
+                step = int(np.sqrt((np.float32(left + i) + np.float32(0.5) - cx32) ** 2 + dy2) * per_step)
+                profile[min(step, steps - 1)] += grey[top + j, left + i] - sky
+    total = 0.0
+    for i in range(steps):  # summed in order, as the curve of growth below is
+        total += profile[i]
+    if not total > 0:
+        return math.nan
+    inner = 0.0
+    for i in range(steps):  # the step the curve of growth crosses FRACTION in
+        if inner + profile[i] >= FRACTION * total:
+            return (i + (FRACTION * total - inner) / profile[i]) * RADIUS_STEP
+        inner += profile[i]
+    return math.nan

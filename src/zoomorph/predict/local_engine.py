@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zoomorph.io.decode import decode_batch, default_workers
+from zoomorph.io.decode import AUTO, compile_auto_fov, decode_batch, default_workers
 from zoomorph.predict.results import PredictOptions, ResultRows
 from zoomorph.runs import Run
 
@@ -100,6 +100,8 @@ def local_results(run: Run, chunks: Iterable[tuple[int, list[str]]], *, batch_si
     on_cpus = workers > 0 and not cuda
     step = batch_size * (BATCHES_PER_TASK if on_cpus else 1)
     spans = ((start + s, sources[s:s + step]) for start, sources in chunks for s in range(0, len(sources), step))
+    if run.config.fov == AUTO:
+        compile_auto_fov()  # before the workers fork, so that they share it
     # The pool forks before the model is loaded (and before CUDA starts): light, clean children.
     with mp.get_context().Pool(workers) if workers else nullcontext() as pool:
         if on_cpus:
