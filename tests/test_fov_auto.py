@@ -119,6 +119,28 @@ def test_a_small_galaxy_is_measured_again_on_a_finer_grid():
     assert extent.flag == "" and extent.r90 == pytest.approx(X90 * 3.0, rel=0.10)
 
 
+# (x, y, R90, sky, flag) as version 3 of the measurement gave them when it was numpy and scipy calls, before
+# it was compiled: AUTO_CUT's version says which crops a run learnt from, so a change here must change it
+VERSION_3 = [
+    (dict(h=10.0), (212.007, 211.917, 37.147, (30, 21, 14), "")),
+    (dict(h=3.0, seed=1), (211.939, 212.026, 11.094, (30, 22, 13), "")),  # measured again on finer grids
+    (dict(h=10.0, star=(322, 152)), (212.007, 211.917, 37.147, (30, 21, 14), "")),
+    (dict(h=12.0, centre=(190, 230), seed=3), (190.052, 229.972, 43.523, (29, 22, 14), "")),
+    (dict(h=6.0, side=212, seed=2), (106.028, 105.968, 21.997, (30, 22, 14), "")),
+    (dict(h=8.0, centre=(70, 80)), (212.0, 212.0, math.nan, (30, 21, 14), "no source at the centre")),
+    (dict(h=300.0, peak=150), (212.0, 212.0, math.nan, (100, 82, 63), "source fills the frame")),
+]
+
+
+@pytest.mark.parametrize("galaxy, expected", VERSION_3)
+def test_the_measurement_is_still_version_3(galaxy, expected):
+    extent = measure(disk(**galaxy))
+    x, y, r90, sky, flag = expected
+    assert (extent.sky, extent.flag) == (sky, flag) and AUTO_CUT["version"] == 3
+    assert (extent.x, extent.y) == (pytest.approx(x, abs=2e-3), pytest.approx(y, abs=2e-3))
+    assert extent.r90 == pytest.approx(r90, abs=2e-3, nan_ok=True)
+
+
 def test_the_compiled_smoothing_is_scipy_s_uniform_filter_bit_for_bit():
     # the source's threshold is applied to it: a pixel on the other side of it would change the source
     rng = np.random.default_rng(4)

@@ -127,9 +127,10 @@ def crop_resize(im: Image.Image, size: int, crop: float, centre: tuple[float, fl
 
 def compile_auto_fov() -> None:
     """Compile fov auto's code (numba: the measurement and level_sky) now, the first time after an install
-    ~15 s, then ~0.5 s from numba's cache: a process about to fork its decoding workers does it once for all."""
-    measure(np.zeros((MEASURE_SIDE, MEASURE_SIDE, 3), np.uint8))
-    level_sky(np.zeros((1, 1, 3), np.uint8), SKY_LEVEL)
+    15-25 s, then ~0.5 s from numba's cache: a process about to fork its decoding workers does it once for all."""
+    grid = np.asarray(Image.new("RGB", (MEASURE_SIDE, MEASURE_SIDE)))  # read-only, as Pillow's pixels reach them
+    measure(grid)
+    level_sky(grid, SKY_LEVEL)
 
 
 def level_sky(pixels: np.ndarray, sky: tuple[int, int, int]) -> np.ndarray:
