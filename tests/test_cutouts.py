@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -252,6 +253,15 @@ def test_a_truncated_body_is_retried_and_never_kept(tmp_path, stub):
     assert sorted(p.name for p in out.iterdir()) == ["1001.jpg", "catalogue.csv", "cutouts.json"]  # no .tmp
 
 
+def ctrl_c_once_a_file_is_kept(out: Path) -> None:
+    """Ctrl-C while requests are in flight: once the first cutout is on disk (not at a fixed time, which a
+    loaded machine can reach before any is), while 6 of the 8 are still to come."""
+    deadline = time.monotonic() + 10
+    while not list(out.glob("*.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_an_interrupted_run_leaves_only_whole_files_and_the_rerun_fetches_the_rest(tmp_path, stub):
     stub.plans = {ra: ["slow:0.3"] for ra in range(10, 18)}
     catalogue, out = write_catalogue(tmp_path / "galaxies.csv", 8), tmp_path / "cutouts"
@@ -259,7 +269,7 @@ def test_an_interrupted_run_leaves_only_whole_files_and_the_rerun_fetches_the_re
     # job, `cmd &`) inherits SIGINT ignored, and the signal below would then pass unseen
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        threading.Timer(0.45, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while requests are in flight
+        threading.Thread(target=ctrl_c_once_a_file_is_kept, args=(out,), daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             fetch(catalogue, out, stub, concurrency=2)
     finally:
