@@ -64,6 +64,12 @@ def test_the_packed_file_holds_the_run_and_predicts_exactly_as_the_run_folder(ca
     preprocessing = json.loads(zipfile.ZipFile(packed).read("preprocessing.json"))
     assert preprocessing["image_size"] == SIZE and preprocessing["fov"] == Run.open(run).config.fov
     assert preprocessing["classes"] == Run.open(run).config.classes and "255" in preprocessing["normalisation"]
+    fov = Run.open(run).config.fov  # the crop in the same words in the card and both metadata files
+    assert preprocessing["crop"].startswith(f"the central {fov} × {fov} px") and f"resize to {SIZE} × {SIZE}" in \
+        preprocessing["crop"]
+    assert preprocessing["crop"] in zipfile.ZipFile(packed).read("MODEL_CARD.md").decode()
+    graph = json.loads(zipfile.ZipFile(packed).read("model.onnx.json"))
+    assert graph["input"]["preprocessing"] == preprocessing["crop"]
 
     pd.testing.assert_frame_equal(predicted(packed, images, tmp_path / "p.parquet"),
                                   predicted(run, images, tmp_path / "r.parquet"))  # both the ONNX graph

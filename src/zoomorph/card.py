@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoomorph.io.decode import AUTO, AUTO_MULTIPLE, KAGGLE_SIZE
+from zoomorph.io.decode import describe_fov
 from zoomorph.runs import Run
 
 VARIANTS = {"plain": "plain", "tta": "TTA (8 dihedral views)"}
@@ -49,15 +49,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def field_of_view(fov: int | str, size: int) -> str:
-    """What the network sees of an image, in words."""
-    if fov == AUTO:
-        return (f"each galaxy's own extent (`fov auto`): a square of {AUTO_MULTIPLE} × its measured R90 about "
-                f"its centre, sky-filled past the frame edge, its sky set to one level, resized to {size} × {size} px")
-    return (f"the central {fov} × {fov} px of a {KAGGLE_SIZE} px Kaggle/SDSS frame ({100 * fov / KAGGLE_SIZE:.0f} % of "
-            f"its side, or that share of another frame's shorter side), resized to {size} × {size} px")
-
-
 def _overview(run: Run, summary: dict) -> str:
     cfg = run.config
     parameters = f" with {summary['parameters']:,} parameters" if summary.get("parameters") else ""
@@ -86,7 +77,7 @@ def _training_data(run: Run, summary: dict) -> str:
     if n_train is not None:
         lines.append(f"- Galaxies: {n_train:,} for training, " + (f"{n_val:,} for validation." if n_val is not None
                                                                  else "validation not recorded."))
-    lines.append(f"- Input: {field_of_view(cfg.fov, cfg.image_size)}.")
+    lines.append(f"- Input: {describe_fov(cfg.fov, cfg.image_size)}.")
     lines.append("- Normalisation: uint8 RGB divided by 255 into [0, 1]; no mean or standard deviation is "
                  "subtracted (the ONNX graph takes uint8 and does it itself).")
     recipe = cfg.extra.get("recipe") or {}
@@ -155,7 +146,7 @@ def _performance(run: Run, summary: dict, metrics: dict | None) -> str:
 
 def _limits(run: Run, summary: dict, metrics: dict | None) -> str:
     cfg = run.config
-    items = [f"- **Field of view.** The network saw {field_of_view(cfg.fov, cfg.image_size)}. zoomorph cuts new "
+    items = [f"- **Field of view.** The network saw {describe_fov(cfg.fov, cfg.image_size)}. zoomorph cuts new "
              "images the same way (`predict`, `serve`); images cut otherwise are outside what it learnt."]
     if cfg.head == "classes":
         items.append(f"- **Labels.** Classes come from volunteer vote fractions by the preset `{cfg.preset}`; "

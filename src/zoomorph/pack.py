@@ -23,10 +23,10 @@ from typing import Callable
 import safetensors.torch
 
 import zoomorph
-from zoomorph.card import field_of_view, model_card
+from zoomorph.card import model_card
 from zoomorph.errors import InputNotFound, ZoomorphError
 from zoomorph.files import replace_atomically
-from zoomorph.io.decode import AUTO
+from zoomorph.io.decode import AUTO, describe_fov
 from zoomorph.packed import FORMAT, FORMAT_VERSION, MANIFEST, SUFFIX, sha256
 from zoomorph.predict.onnx import exported
 from zoomorph.runs import PACKED_WEIGHTS, RECORD, Run, RunConfig
@@ -72,7 +72,7 @@ def preprocessing(cfg: RunConfig) -> dict:
     return {
         "image_size": cfg.image_size, "fov": cfg.fov,
         **({"fov_auto": cfg.extra.get("fov_auto")} if cfg.fov == AUTO else {}),
-        "crop": field_of_view(cfg.fov, cfg.image_size),
+        "crop": describe_fov(cfg.fov, cfg.image_size),
         "input": {"dtype": "uint8", "layout": "NHWC, RGB 0-255", "shape": ["batch", cfg.image_size, cfg.image_size, 3]},
         "normalisation": "pixels / 255 into [0, 1], no mean or std subtracted; the ONNX graph does this "
                          "itself (give it uint8)",

@@ -78,6 +78,16 @@ def parse_fov(value: object, where: str = "fov") -> Fov:
                         f"from 1 (424 = the whole image), or 'auto' (each galaxy's own extent)")
 
 
+def describe_fov(fov: Fov, size: int) -> str:
+    """What a network sees of an image, in words (the model card, a packed run, an ONNX graph's metadata)."""
+    if fov == AUTO:
+        return (f"each galaxy's own extent (fov auto): a square of {AUTO_MULTIPLE} × its R90 about its "
+                f"flux-weighted centre (zoomorph.io.extent), sky-filled past the frame edge, its sky moved to "
+                f"{list(SKY_LEVEL)}, bilinear resize to {size} × {size} px")
+    return (f"the central {fov} × {fov} px of a {KAGGLE_SIZE} px Kaggle/SDSS frame ({100 * fov / KAGGLE_SIZE:.0f} % "
+            f"of its side, or that share of another frame's shorter side), bilinear resize to {size} × {size} px")
+
+
 def check_auto_cut(recorded: dict | None, where: str) -> None:
     """A ZoomorphError naming `where` (prepared data or a run with fov auto) when the auto crop it was made
     with (`recorded`, its AUTO_CUT) is not the one this version cuts."""

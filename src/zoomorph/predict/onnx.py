@@ -30,7 +30,7 @@ from torch import nn
 
 from zoomorph.errors import ZoomorphError
 from zoomorph.inference import GRAPH_INPUT, GRAPH_OUTPUT, PixelModel
-from zoomorph.io.decode import AUTO, AUTO_CUT, AUTO_MULTIPLE, SKY_LEVEL
+from zoomorph.io.decode import AUTO, AUTO_CUT, describe_fov
 from zoomorph.predict import quantize
 from zoomorph.runs import Run, RunConfig, file_digest, sidecar
 from zoomorph.schema import Q1
@@ -49,15 +49,6 @@ def _trace(model: nn.Module, cfg: RunConfig, out: Path) -> None:
                               dynamo=True, external_data=False, verbose=False)
     finally:
         exporter_log.setLevel(level)
-
-
-def describe_preprocessing(cfg: RunConfig) -> str:
-    """How the pixels the graph takes are cut from an image (zoomorph.io.decode)."""
-    if cfg.fov == AUTO:
-        return (f"fov auto: a square of {AUTO_MULTIPLE} x the galaxy's R90 about its flux-weighted centre "
-                f"(zoomorph.io.extent), sky-filled past the frame edge, its sky moved to {list(SKY_LEVEL)}, "
-                f"bilinear resize to {cfg.image_size}")
-    return f"central crop of {cfg.fov}/424 of the shorter side, bilinear resize to {cfg.image_size}"
 
 
 def _quantized_export(model: nn.Module, cfg: RunConfig, out: Path, calibration: list[str | Path] | None) -> dict:
@@ -101,7 +92,7 @@ def export_onnx(run: Run | Path, out: Path | None = None, *, int8: bool = False,
         "model": cfg.model, "head": cfg.head, "classes": cfg.classes, "preset": cfg.preset,
         "image_size": cfg.image_size, "fov": cfg.fov, **({"fov_auto": AUTO_CUT} if cfg.fov == AUTO else {}),
         "input": {"name": GRAPH_INPUT, "dtype": "uint8", "shape": ["batch", cfg.image_size, cfg.image_size, 3],
-                  "layout": "NHWC, RGB 0-255", "preprocessing": describe_preprocessing(cfg)},
+                  "layout": "NHWC, RGB 0-255", "preprocessing": describe_fov(cfg.fov, cfg.image_size)},
         "output": {"name": GRAPH_OUTPUT, "dtype": "float32",
                    "meaning": "class probabilities" if cfg.head == "classes" else "cumulative vote fractions"},
         "weights_sha256": run.weights_digest,
