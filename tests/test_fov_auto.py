@@ -336,3 +336,21 @@ def test_an_auto_run_cut_another_way_is_refused_by_name(tmp_path, recorded):
     with pytest.raises(ZoomorphError, match=r"run was made with fov auto cut as .*Prepare the data again"):
         predict(run, [tmp_path / "g.png"], tmp_path / "out.parquet", workers=0, progress=False)
     assert not (tmp_path / "out.parquet").exists() and not (run / "model.onnx").exists()  # refused first
+
+
+def test_with_nowhere_to_cache_the_code_is_compiled_in_the_process_and_said_once(monkeypatch):
+    from numba.core import caching
+
+    from zoomorph.io import jit
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # its name before numba 0.61
+    monkeypatch.setattr(impl, "_locator_classes", [])  # no writable location of any kind
+    monkeypatch.setattr(jit, "_warned", False)
+
+    def twice(x):
+        return 2 * x
+
+    with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR") as said:
+        first, second = jit.compiled(twice), jit.compiled(lambda x: x + 1)
+    assert len(said) == 1 and (first(21), second(1)) == (42, 2)
+    assert not first._cache_hits and type(first._cache).__name__ == "NullCache"  # compiled, not cached

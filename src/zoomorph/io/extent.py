@@ -28,8 +28,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 from PIL import Image
+
+from zoomorph.io.jit import compiled
 
 MEASURE_SIDE = 53  # the grid's shorter side, about: an eighth of a Kaggle frame (424 px), 4x faster than 106
 # grid pixels: a galaxy measured smaller than this is measured again on a grid twice as fine (until it is
@@ -121,7 +122,7 @@ def _measure_grid(grid: np.ndarray, f: int) -> Extent:
 # ------------------------------------------------------------------ the compiled steps
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _measure(grid, width, reach):
     """(cx, cy, r90 in grid pixels, sky R, G, B, flag code) of a grid (h, w, 3) uint8, its ring `width`
     pixels wide, its source starting within `reach` of the centre: the steps of the module docstring."""
@@ -198,7 +199,7 @@ def _measure(grid, width, reach):
     return cx, cy, r90, r, g, b, SOUND
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _upper_median(counts):
     """The (upper) median of values given as counts per value: the one at index n // 2 of them sorted."""
     seen, middle = 0, counts.sum() // 2
@@ -209,7 +210,7 @@ def _upper_median(counts):
     return len(counts) - 1
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _ring(h, w, width):
     """(rows, columns) of the outer `width` rows and columns of an h x w grid, each pixel once: the top
     rows, the bottom rows, then the left and the right columns between them."""
@@ -229,7 +230,7 @@ def _ring(h, w, width):
     return ys, xs
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _clipped_stats(v, sigma, iters):
     """(median, std) of the sorted values `v` clipped about the median (clipped_stats): each round is a
     count of the values below and above the limits, and the sums of what is left from running sums."""
@@ -249,7 +250,7 @@ def _clipped_stats(v, sigma, iters):
     return _stats(v, sums, squares, lo, hi)
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _stats(v, sums, squares, lo, hi):
     n = hi - lo
     mean = (sums[hi] - sums[lo]) / n
@@ -257,14 +258,14 @@ def _stats(v, sums, squares, lo, hi):
             math.sqrt(max((squares[hi] - squares[lo]) / n - mean * mean, 0.0)))
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _smooth3(a):
     """3 x 3 box means of a float32 grid, edges extended: scipy.ndimage.uniform_filter(a, 3, mode="nearest"),
     bit for bit (a running sum in float64 down the columns, then along the rows, each stored as float32)."""
     return _mean3_rows(_mean3_rows(a.T).T)
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _mean3_rows(a):
     """Means of 3 along each row of a float32 array (h, w), its ends extended, as scipy's uniform_filter1d."""
     h, w = a.shape
@@ -278,7 +279,7 @@ def _mean3_rows(a):
     return out
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _edges_lit(smooth, width):
     """Whether the middle of every side of the ring stands out above its corners (by THRESHOLD x the noise
     within a corner, and FILL_MIN): a source so large that the ring is its outskirts, not sky, and the sky
@@ -302,7 +303,7 @@ def _edges_lit(smooth, width):
     return lowest > np.sort(medians)[2] + max(THRESHOLD * noise, FILL_MIN)
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _fill(mask, labels, y, x, label, queue):
     """Give the 4-connected region of `mask` holding (y, x) the number `label` in `labels`; its area."""
     h, w = mask.shape
@@ -319,7 +320,7 @@ def _fill(mask, labels, y, x, label, queue):
     return tail
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _any_region(mask, labels, queue, largest):
     """Whether `mask` has a 4-connected region of MIN_AREA or more: of those labelled already (the largest
     of them has `largest` pixels), or of the rest, which it labels."""
@@ -336,7 +337,7 @@ def _any_region(mask, labels, queue, largest):
     return False
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _aperture(mask, labels, chosen, grow, box):
     """Within `box` (top, bottom, left, right; the source grown by `grow` fits in it): the source `chosen`
     grown by `grow` pixels (a square), other sources (the rest of `mask`) masked out."""
@@ -358,7 +359,7 @@ def _aperture(mask, labels, chosen, grow, box):
     return grown
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _r90(grey, sky, aperture, box, cx, cy):
     """The radius about (cx, cy) holding FRACTION of the sky-subtracted flux in the aperture (within `box`
     of the grid); nan where it holds none. The curve of growth is binned in steps of RADIUS_STEP, each
