@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_labels.py --out /work/exp/ft [--pretrained RUN] [--epochs 20] [--folds 5]
                                          [--labels 25 50 100 all] [--preset hubble+edge-on] [--quick]
-                                         [--backbone-lr-mult 0.1] [--freeze-epochs 0]
+                                         [--backbone-lr-mult 1] [--freeze-epochs 0]
                                          [--pretrain-epochs N] [--pretrain-augment RECIPE]
 
 1. Pretraining (unless --pretrained): the default model on ../shared/data/gz-kaggle-q1, preset
@@ -28,6 +28,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from zoomorph import api
 from zoomorph.io.ids import join_keys
+from zoomorph.models.recipe import Finetune
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the model's recipe")
     parser.add_argument("--pretrain-augment", default=None, help="default: the model's recipe")
     parser.add_argument("--batch-size", type=int, default=None, help="of every run (default: the model's recipe)")
-    parser.add_argument("--backbone-lr-mult", type=float, default=None, help="of the finetuned runs (default 0.1)")
+    parser.add_argument("--backbone-lr-mult", type=float, default=None, help="of the finetuned runs (default 1)")
     parser.add_argument("--freeze-epochs", type=int, default=0, help="of the finetuned runs")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--labels", nargs="*", default=["25", "50", "100", "all"])
@@ -142,8 +143,9 @@ def main() -> None:
 
 
 def print_table(results: pd.DataFrame, args) -> None:
+    multiplier = args.backbone_lr_mult or Finetune().backbone_lr_mult
     print(f"\nlabel efficiency, {args.preset}, {args.folds}-fold CV, {args.epochs} epochs each, batch "
-          f"{args.batch_size or 'of the recipe'}, finetuned with backbone lr x{args.backbone_lr_mult or 0.1} and "
+          f"{args.batch_size or 'of the recipe'}, finetuned with backbone lr x{multiplier:g} and "
           f"{args.freeze_epochs} frozen epochs, last epoch (mean ± std over folds)")
     print(f"{'labels/class':>12} {'train':>6} | {'finetuned acc':>14} {'scratch acc':>14} {'gain':>15} | "
           f"{'finetuned bal':>14} {'scratch bal':>14} {'gain':>15}")

@@ -144,7 +144,7 @@ def test_init_loads_the_backbone_exactly_with_a_fresh_head_and_records_the_paren
                                   "model": BN_MODEL, "head": "votes", "classes": list(ANSWER_COLUMNS),
                                   "image_size": SIZE, "fov": sets.first.fov}
     assert {k: recorded[k] for k in ("freeze_epochs", "freeze_blocks", "backbone_lr_mult")} == \
-        {"freeze_epochs": 0, "freeze_blocks": 0, "backbone_lr_mult": 0.1}
+        {"freeze_epochs": 0, "freeze_blocks": 0, "backbone_lr_mult": 1.0}
     assert Run.open(tmp_path / "child").config.model == BN_MODEL  # no --model: the parent's
 
 
@@ -215,7 +215,7 @@ def test_a_resumed_finetuning_run_checks_its_settings(sets, tmp_path):
     digest = parent.weights_digest[:16]
     for change, named in ((dict(init=parent.dir, freeze_epochs=2), "freeze_epochs 1 in the run, 2 now"),
                           (dict(init=parent.dir, freeze_epochs=1, backbone_lr_mult=0.5),
-                           "backbone_lr_mult 0.1 in the run, 0.5 now"),
+                           "backbone_lr_mult 1.0 in the run, 0.5 now"),
                           (dict(init=other.dir, freeze_epochs=1), f"init '{digest}' in the run, "
                                                                   f"'{other.weights_digest[:16]}' now"),
                           (dict(model=BN_MODEL), f"init '{digest}' in the run, None now")):

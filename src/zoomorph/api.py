@@ -127,7 +127,7 @@ def train(data: Path, model: str | None = None, *, head: str = "classes", out: P
             with a fresh head for this data (docs/training.md, "Finetuning a trained run").
         freeze_epochs: with init, keep the backbone as it is for the first N epochs.
         freeze_blocks: with init, never train the backbone's first N blocks.
-        backbone_lr_mult: with init, the backbone's learning rate over the head's (default 0.1).
+        backbone_lr_mult: with init, the backbone's learning rate over the head's (default 1).
 
     Returns:
         TrainResult: the run folder and its summary (best epoch, validation accuracy, images/s).

@@ -247,14 +247,15 @@ def train(data, *, model: str | None = None, head: str = "classes", run_dir: Pat
     the first one writes the run folder.
 
     `init`: a trained run (or its folder) of the same model to start from: its backbone, a fresh head
-    (zoomorph.finetune), with freeze_epochs, freeze_blocks and backbone_lr_mult (default 0.1).
+    (zoomorph.finetune), with freeze_epochs, freeze_blocks and backbone_lr_mult (default: Finetune's).
     """
     data = data if isinstance(data, PreparedData) else PreparedData.load(Path(data))
     parent, finetune = None, None
     if init is not None:
         parent = open_parent(init, model)  # model None: the parent's
         model = parent.config.model
-        finetune = Finetune(freeze_epochs, freeze_blocks, 0.1 if backbone_lr_mult is None else backbone_lr_mult)
+        finetune = Finetune(freeze_epochs, freeze_blocks, **({} if backbone_lr_mult is None else
+                                                              {"backbone_lr_mult": backbone_lr_mult}))
     elif freeze_epochs or freeze_blocks or backbone_lr_mult is not None:
         raise ZoomorphError("freeze_epochs, freeze_blocks and backbone_lr_mult (--freeze-epochs, --freeze-blocks, "
                             "--backbone-lr-mult) are for a run started from another: give init (--init RUN)")

@@ -41,7 +41,7 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
                                                     "epochs (only the head learns)"),
           freeze_blocks: int = typer.Option(0, help="with --init: never train the backbone's first N blocks"),
           backbone_lr_mult: Optional[float] = typer.Option(None, help="with --init: the backbone's learning rate "
-                                                                      "over the head's (default 0.1)")) -> None:
+                                                                      "over the head's (default 1)")) -> None:
     """Train a model on a prepared folder; re-running the same command resumes it."""
     from zoomorph.api import train as run_train
 
