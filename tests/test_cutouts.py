@@ -253,12 +253,13 @@ def test_a_truncated_body_is_retried_and_never_kept(tmp_path, stub):
     assert sorted(p.name for p in out.iterdir()) == ["1001.jpg", "catalogue.csv", "cutouts.json"]  # no .tmp
 
 
-def ctrl_c_once_a_file_is_kept(out: Path) -> None:
+def ctrl_c_once_a_file_is_kept(out: Path, stop: threading.Event) -> None:
     """Ctrl-C while requests are in flight: once the first cutout is on disk (not at a fixed time, which a
-    loaded machine can reach before any is), while 6 of the 8 are still to come."""
-    deadline = time.monotonic() + 10
-    while not list(out.glob("*.jpg")) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    loaded machine can reach before any is), while 6 of the 8 are still to come; never once `stop` is set
+    (the fetch ended without one: the signal would reach a later test)."""
+    while not list(out.glob("*.jpg")):
+        if stop.wait(0.005):
+            return
     os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -268,11 +269,15 @@ def test_an_interrupted_run_leaves_only_whole_files_and_the_rerun_fetches_the_re
     # Python's own Ctrl-C handler: a process started in the background by a non-interactive shell (a CI
     # job, `cmd &`) inherits SIGINT ignored, and the signal below would then pass unseen
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop = threading.Event()
+    interrupter = threading.Thread(target=ctrl_c_once_a_file_is_kept, args=(out, stop), daemon=True)
     try:
-        threading.Thread(target=ctrl_c_once_a_file_is_kept, args=(out,), daemon=True).start()
+        interrupter.start()
         with pytest.raises(KeyboardInterrupt):
             fetch(catalogue, out, stub, concurrency=2)
     finally:
+        stop.set()
+        interrupter.join()
         signal.signal(signal.SIGINT, previous)
     kept = sorted(p.name for p in out.glob("*.jpg"))
     assert 0 < len(kept) < 8 and all(jpeg_problem((out / name).read_bytes()) is None for name in kept)

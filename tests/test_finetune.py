@@ -221,7 +221,7 @@ def test_a_resumed_finetuning_run_checks_its_settings(sets, tmp_path):
                           (dict(model=BN_MODEL), f"init '{digest}' in the run, None now")):
         with pytest.raises(CannotResume, match="--fresh") as refused:
             train(sets.new, **kw | change)
-        assert named in str(refused.value)
+        assert named in str(refused.value) and "give the settings it has" in str(refused.value)
     again = train(sets.new, init=parent.dir, freeze_epochs=1, **kw)  # the same call: resumed, finished
     assert again.summary["epochs"] == 1
 

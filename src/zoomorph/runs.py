@@ -310,8 +310,9 @@ class Run:
             changed = RunConfig.load(self.dir).differences(self.config)
             if changed:
                 raise CannotResume(
-                    f"{self.dir} holds another run ({'; '.join(changed)}); nothing was changed. Give another "
-                    "--out, or --fresh to start over in this folder (it deletes the run's weights and checkpoints).")
+                    f"{self.dir} holds another run ({'; '.join(changed)}); nothing was changed. To resume it, give "
+                    "the settings it has (a default may have changed since it started); else another --out, or "
+                    "--fresh to start over in this folder (it deletes the run's weights and checkpoints).")
             if last.exists():
                 try:
                     torch.load(last, map_location="cpu", weights_only=False)

@@ -1,9 +1,10 @@
 """numba's `njit` for the decoding code (zoomorph.io.extent, decode.level_sky): compiled once and kept in
 numba's cache, or compiled in each process where numba has nowhere to keep it.
 
-numba keeps compiled code next to the module, else in NUMBA_CACHE_DIR or the user's cache folder; where
-none of those is writable (a read-only install in a container with no writable home) `cache=True` raises
-at import, and zoomorph would not import at all. It compiles instead, 15-25 s in each process, and says so once.
+numba keeps compiled code in NUMBA_CACHE_DIR when it is set, else next to the module, else in the user's
+cache folder; where none of those is writable (a read-only install in a container with no writable home),
+`cache=True` raises at import, and zoomorph would not import at all. It compiles instead, 15-25 s in each
+process, and says so once.
 """
 
 from __future__ import annotations
