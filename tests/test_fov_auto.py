@@ -35,7 +35,7 @@ from zoomorph.io.decode import (
     load_many,
     parse_fov,
 )
-from zoomorph.io.extent import _fill, _smooth3, clipped_stats, measure
+from zoomorph.io.extent import _fill, _smooth3, _sorted_counts, clipped_stats, measure
 from zoomorph.predict import predict
 from zoomorph.runs import RunConfig
 
@@ -147,6 +147,17 @@ def test_the_compiled_smoothing_is_scipy_s_uniform_filter_bit_for_bit():
     for shape in [(53, 53), (106, 80), (8, 9), (1, 5)]:
         grey = (rng.integers(0, 256, shape) / 3).astype(np.float32)
         assert np.array_equal(_smooth3(grey), ndimage.uniform_filter(grey, 3, mode="nearest"))
+
+
+def test_the_ring_s_counting_sort_is_numpy_s_sort():
+    # smoothed means of counts (many equal, many a few ulps apart within one bin), the ends of the range,
+    # and values outside it (clamped into the end bins, yet still in order)
+    rng = np.random.default_rng(6)
+    grey = ndimage.uniform_filter((rng.integers(0, 30, (53, 53)) / 3).astype(np.float32), 3).ravel()
+    values = [grey.astype(np.float64), rng.uniform(0, 255, 2400), np.array([255.0, 0.0, 255.0, 1 / 27, 0.037]),
+              np.array([300.0, -2.0, 256.5, 3.0, -0.5]), np.array([7.0]), np.array([])]
+    for v in values:
+        assert np.array_equal(_sorted_counts(v), np.sort(v))
 
 
 def test_the_compiled_flood_fill_finds_the_regions_scipy_finds():

@@ -145,7 +145,7 @@ def _measure(grid, width, reach):
     ring = np.empty(len(ys))
     for k in range(len(ys)):
         ring[k] = smooth[ys[k], xs[k]]
-    sky, noise = _clipped_stats(np.sort(ring), CLIP_SIGMA, CLIP_ITERS)
+    sky, noise = _clipped_stats(_sorted_counts(ring), CLIP_SIGMA, CLIP_ITERS)
 
     # 2. the source: of the regions above the threshold that reach the window about the centre, the one of
     # MIN_AREA or more with the pixel nearest the centre (the first in raster order among equals)
@@ -248,6 +248,33 @@ def _clipped_stats(v, sigma, iters):
             break
         lo, hi = new_lo, new_hi
     return _stats(v, sums, squares, lo, hi)
+
+
+@compiled
+def _sorted_counts(v):
+    """np.sort(v) of values within 0-255 (means of counts), 4x faster for the ring of a grid (600 values,
+    2,400 on a finer one: a quicksort cost a third of the measurement): placed by a counting sort on
+    floor(27 v), which never puts a larger value before a smaller one, then an insertion sort puts the
+    few that share a bin in order."""
+    bins = 27 * 256
+    counts = np.zeros(bins + 1, np.int64)
+    keys = np.empty(len(v), np.int64)
+    for k in range(len(v)):
+        keys[k] = min(max(int(v[k] * 27.0), 0), bins - 1)  # clamped: still in order for any value
+        counts[keys[k] + 1] += 1
+    for b in range(bins):
+        counts[b + 1] += counts[b]
+    out = np.empty(len(v))
+    for k in range(len(v)):
+        out[counts[keys[k]]] = v[k]
+        counts[keys[k]] += 1
+    for k in range(1, len(out)):
+        value, j = out[k], k - 1
+        while j >= 0 and out[j] > value:
+            out[j + 1] = out[j]
+            j -= 1
+        out[j + 1] = value
+    return out
 
 
 @compiled
