@@ -60,7 +60,8 @@ SKY_LEVEL = (4, 4, 3)
 # in predict's fingerprint, so that a run is never fed crops cut another way (check_auto_cut).
 # "version" counts changes to the measurement itself (zoomorph.io.extent): 2 = refined grids, sky level;
 # 3 = R90 read from a binned curve of growth (within 1.1% of version 2 over 1,000 q1 JPEGs); compiled
-# (numba) since, the same measurement: over the 6,507 q1 JPEGs R90 within 6e-5, the same flags and skies.
+# (numba) since, the same measurement: over the 6,507 q1 JPEGs R90 within 6e-5, the same flags and skies;
+# its ring sorted by counting since, every crop of them the same bit for bit.
 AUTO_CUT = {"version": 3, "multiple": AUTO_MULTIPLE, "measure_side": MEASURE_SIDE, "sky_level": list(SKY_LEVEL)}
 FOV_COLUMNS = ("fov_radius", "fov_crop", "fov_flag")  # what an auto field of view says per image
 
