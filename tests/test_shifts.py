@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from zoomorph.cli import app
 from zoomorph.data.augment import sky_level, sky_sigma
 from zoomorph.evaluation.compare import compare_runs, write_compare_html
-from zoomorph.evaluation.evaluate import SHIFT_HEADER, evaluate_run, format_shifts_table, shift_rows
+from zoomorph.evaluation.evaluate import SHIFT_HEADER, evaluate_run, format_shifts_table, prediction_drift, shift_rows
 from zoomorph.evaluation.report import write_report
 from zoomorph.evaluation.robustness import read_frame
 from zoomorph.evaluation.shifts import LEVELS, SEEING_FWHM_PX, SHIFT_NAMES, SHIFTS
@@ -212,9 +212,19 @@ def test_evaluate_with_shifts_scores_every_shift_and_strength(data, tmp_path):
     assert suite["reference"]["accuracy"] == pytest.approx(metrics["variants"]["plain"]["accuracy"], abs=0.15)
     assert len({r["accuracy"] for r in suite["results"]}) > 1  # the shifts do change the answers
 
+    for scores in [suite["reference"], *suite["results"]]:  # the matrix of the very answers scored
+        confusion = np.asarray(scores["confusion"])
+        assert confusion.sum() == suite["n"] and np.trace(confusion) / suite["n"] == pytest.approx(scores["accuracy"])
+        assert confusion.sum(axis=1).tolist() == np.asarray(suite["reference"]["confusion"]).sum(axis=1).tolist()
+
     header, rows = shift_rows(metrics)
     assert header == SHIFT_HEADER[:-1]  # a classes run has no Kaggle RMSE
     assert len(rows) == 1 + len(suite["results"]) and all(len(r) == len(header) for r in rows)
+    drifts = [r[header.index("predictions drift to")] for r in rows[1:]]
+    for text, scores in zip(drifts, suite["results"]):
+        name, points = prediction_drift(scores, suite["reference"], metrics["classes"])
+        assert text == (f"{name} {points:+.1f}" if round(points, 1) > 0 else "none")
+    assert any(d != "none" for d in drifts)  # some shift moves the answers one way
     console = Console(width=200, record=True)
     console.print(format_shifts_table(metrics))
     text = console.export_text()
@@ -230,6 +240,20 @@ def test_evaluate_with_shifts_scores_every_shift_and_strength(data, tmp_path):
     assert "shifts" not in json.loads(Run.open(run).metrics_file.read_text())
 
 
+def test_the_drift_is_the_class_a_shift_pushes_answers_to():
+    classes = ["smooth", "featured", "artefact"]
+    reference = {"n": 100, "confusion": [[40, 10, 0], [5, 45, 0], [0, 0, 0]]}  # predicted: 45, 55, 0
+    blurred = {"n": 100, "confusion": [[48, 2, 0], [20, 28, 2], [0, 0, 0]]}  # featured galaxies read as smooth
+    name, points = prediction_drift(blurred, reference, classes)
+    assert name == "smooth" and points == pytest.approx(68 - 45)
+    assert prediction_drift(reference, reference, classes)[1] == 0
+    assert prediction_drift({"n": 100, "accuracy": 0.5}, reference, classes) is None  # a suite kept from before
+    metrics = {"classes": classes, "shifts": {"reference": {**reference, "accuracy": 0.85},
+                                              "results": [{"title": "blur", "label": "2x", "level": "middle",
+                                                           "accuracy": 0.76, "n": 100}]}}
+    assert "predictions drift to" not in shift_rows(metrics)[0]  # nothing to show: no column
+
+
 def test_report_and_compare_show_the_shifts(data, tmp_path):
     shifted, plain = make_run(tmp_path / "shifted", data), make_run(tmp_path / "plain", data, seed=1)
     evaluate_run(shifted, bootstrap=50, shifts=True)
@@ -239,7 +263,7 @@ def test_report_and_compare_show_the_shifts(data, tmp_path):
     section = section[:section.index("</section>")]
     for shift in SHIFTS:
         assert shift.title in section and all(shift.label(s) in section for s in shift.strengths)
-    assert "what each shift mimics" in section.lower()
+    assert "what each shift mimics" in section.lower() and "predictions drift to" in section
     assert "--shifts" in write_report(plain).read_text()  # not evaluated: says how
 
     table = compare_runs([shifted, plain])

@@ -107,7 +107,8 @@ def _earlier_suite(run: Run, scope: dict) -> dict | None:
     return suite if suite.get("weights_sha256") == run.weights_digest else None
 
 
-SHIFT_SCORES = ("n", "accuracy", "balanced_accuracy", "ci", "rmse", "coverage")
+# "confusion": which way a shift moves the answers (prediction_drift), beyond how many it gets wrong
+SHIFT_SCORES = ("n", "accuracy", "balanced_accuracy", "ci", "confusion", "rmse", "coverage")
 
 
 def shift_suite(model: torch.nn.Module, cfg: RunConfig, table: pd.DataFrame, score, bootstrap: int) -> dict:
@@ -229,13 +230,36 @@ def format_metrics_table(metrics: dict) -> Table:
     return table
 
 
-SHIFT_HEADER = ["shift", "strength", "level", "accuracy", "balanced accuracy", "change in accuracy", "Kaggle RMSE"]
+SHIFT_HEADER = ["shift", "strength", "level", "accuracy", "balanced accuracy", "change in accuracy",
+                "predictions drift to", "Kaggle RMSE"]
+
+
+def prediction_drift(scores: dict, reference: dict, classes: list[str]) -> tuple[str, float] | None:
+    """(class, points): the class whose share of the predictions a shift raises most against `reference`,
+    and by how many points of the galaxies (a systematic, as Galaxy Zoo's own volunteers see fewer features
+    in distant galaxies); None without both confusion matrices (a votes run without classes, or a suite
+    evaluated before they were kept)."""
+    if "confusion" not in scores or "confusion" not in reference:
+        return None
+    shares = [np.asarray(s["confusion"], float).sum(axis=0) / max(s["n"], 1) for s in (scores, reference)]
+    gain = 100 * (shares[0] - shares[1])
+    top = int(np.argmax(gain))
+    return classes[top], float(gain[top])
+
+
+def _drift_text(scores: dict, reference: dict, classes: list[str]) -> str:
+    drift = prediction_drift(scores, reference, classes)
+    if drift is None:
+        return "-"
+    name, points = drift
+    return f"{name} {points:+.1f}" if round(points, 1) > 0 else "none"
 
 
 def shift_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     """The survey-shift table: header (of SHIFT_HEADER, the columns the run has) and rows, the reference
-    first; intervals are bootstrap 95 %, "change" is points of accuracy against the reference. No rows
-    when the run was evaluated without --shifts."""
+    first; intervals are bootstrap 95 %, "change" is points of accuracy against the reference, "drift" the
+    class the shift pushes predictions to (prediction_drift). No rows when the run was evaluated without
+    --shifts."""
     suite = metrics.get("shifts")
     if not suite:
         return SHIFT_HEADER, []
@@ -244,8 +268,9 @@ def shift_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     def row(title: str, label: str, lvl: str, s: dict) -> list[str]:
         change = (f"{100 * (s['accuracy'] - ref['accuracy']):+.1f}" if "accuracy" in s and "accuracy" in ref
                   else "-")
+        drift = "-" if s is ref else _drift_text(s, ref, metrics["classes"])
         return [title, label, lvl, _number(s.get("accuracy"), s.get("ci", {}).get("accuracy")),
-                _number(s.get("balanced_accuracy"), s.get("ci", {}).get("balanced_accuracy")), change,
+                _number(s.get("balanced_accuracy"), s.get("ci", {}).get("balanced_accuracy")), change, drift,
                 "-" if "rmse" not in s else f"{s['rmse']:.4f}"]
 
     rows = [row("none (full resolution, as cut)", "-", "-", ref)] + [
@@ -260,7 +285,7 @@ def format_shifts_table(metrics: dict) -> Table:
     table = Table(title=f"{metrics['run']}: survey shifts ({suite['n']:,} galaxies, "
                         f"{suite['seconds_per_1000']:.0f} s per 1,000)", title_justify="left", box=box.SIMPLE,
                   caption="in brackets: bootstrap 95 % interval (both in metrics.json); change: accuracy points "
-                          "against none")
+                          "against none; `zoomorph report RUN` adds which way the answers drift")
     scored = "accuracy" in ref
     for name in ["shift", "strength"] + (["accuracy %", "balanced %", "change"] if scored else ["Kaggle RMSE"]):
         table.add_column(name, justify="left" if name in ("shift", "strength") else "right")

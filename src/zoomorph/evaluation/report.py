@@ -130,7 +130,8 @@ def _shifts(metrics: dict) -> Markup:
                      "({:.0f} s per 1,000 galaxies).</p>", suite["n"], suite["seconds_per_1000"]),
                 table(rows, header),
                 note("In brackets: bootstrap 95 % intervals. Change: points of accuracy against the "
-                     "unshifted images through the same path (first row)."),
+                     "unshifted images through the same path (first row). Predictions drift to: the class "
+                     "whose share of the answers the shift raises most, in points of the galaxies."),
                 text("<h3>What each shift mimics</h3>"), table(mimics, ["shift", "strengths", "mimics"]))
 
 
