@@ -241,8 +241,8 @@ def prediction_drift(scores: dict, reference: dict, classes: list[str]) -> tuple
     evaluated before they were kept)."""
     if "confusion" not in scores or "confusion" not in reference:
         return None
-    shares = [np.asarray(s["confusion"], float).sum(axis=0) / max(s["n"], 1) for s in (scores, reference)]
-    gain = 100 * (shares[0] - shares[1])
+    shifted, unshifted = (np.asarray(s["confusion"], float) for s in (scores, reference))
+    gain = 100 * (shifted.sum(axis=0) / max(shifted.sum(), 1) - unshifted.sum(axis=0) / max(unshifted.sum(), 1))
     top = int(np.argmax(gain))
     return classes[top], float(gain[top])
 
