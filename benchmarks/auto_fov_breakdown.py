@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from zoomorph.io import decode, extent
-from zoomorph.io.decode import AUTO, DEFAULT_FOV, compile_auto_fov
+from zoomorph.io.decode import AUTO, FIXED_FOV, compile_auto_fov
 from zoomorph.io.sources import input_sources
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-q1" / "images"
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("images", nargs="?", type=Path, default=DEFAULT)
     parser.add_argument("--limit", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--fov", type=int, default=DEFAULT_FOV)
+    parser.add_argument("--fov", type=int, default=FIXED_FOV)
     args = parser.parse_args()
     files = [(source, Path(source).read_bytes()) for source in list(input_sources(str(args.images)))[: args.limit]]
     compile_auto_fov()

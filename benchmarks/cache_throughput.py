@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from zoomorph.data.cache import BLOCK, build_cache
-from zoomorph.io.decode import AUTO, DEFAULT_FOV, compile_auto_fov, load_many
+from zoomorph.io.decode import AUTO, FIXED_FOV, compile_auto_fov, load_many
 from zoomorph.io.sources import input_sources
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-q1" / "images"
@@ -28,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="?", type=Path, default=DEFAULT)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--fov", type=int, default=DEFAULT_FOV)
+    parser.add_argument("--fov", type=int, default=FIXED_FOV)
     parser.add_argument("--limit", type=int, default=6000)
     args = parser.parse_args()
     sources = list(input_sources(str(args.images)))[: args.limit]

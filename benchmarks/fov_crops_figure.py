@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 
 from zoomorph.data.augment import zoom  # noqa: E402
 from zoomorph.data.synthetic import make_synthetic  # noqa: E402
-from zoomorph.io.decode import AUTO, DEFAULT_FOV, cut_array  # noqa: E402
+from zoomorph.io.decode import AUTO, FIXED_FOV, cut_array  # noqa: E402
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-q1" / "images"
 ZOOMS = (0.5, 1.0, 2.0)
@@ -64,7 +64,7 @@ def draw(args: argparse.Namespace) -> None:
                              squeeze=False)
     for row, path in enumerate(chosen):
         rgb = np.asarray(Image.open(path).convert("RGB"))
-        for col, (fov, factor) in enumerate((fov, f) for fov in (DEFAULT_FOV, AUTO) for f in ZOOMS):
+        for col, (fov, factor) in enumerate((fov, f) for fov in (FIXED_FOV, AUTO) for f in ZOOMS):
             cut = cut_array(zoomed(rgb, factor), args.size, fov)
             ax = axes[row, col]
             ax.imshow(cut.pixels)

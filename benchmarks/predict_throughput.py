@@ -45,7 +45,7 @@ from zoomorph.inference import PixelModel, onnx_forward, outputs_to_probs, to_in
 from zoomorph.io.decode import (
     AUTO,
     AUTO_CUT,
-    DEFAULT_FOV,
+    FIXED_FOV,
     KAGGLE_SIZE,
     Fov,
     decode_batch,
@@ -64,7 +64,7 @@ from zoomorph.training import DEFAULT_MODEL
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz-kaggle-test"
 
 
-def make_run(root: Path, model: str, size: int | None = None, fov: Fov = DEFAULT_FOV, name: str = "run") -> Path:
+def make_run(root: Path, model: str, size: int | None = None, fov: Fov = FIXED_FOV, name: str = "run") -> Path:
     cfg = RunConfig(model=model, head="classes", classes=["elliptical", "spiral", "other"],
                     image_size=size or model_spec(model).default_image_size, fov=fov)
     cfg.save(root / name)

@@ -208,7 +208,7 @@ def test_a_doubtful_measurement_falls_back_to_the_full_frame_and_says_so(image, 
 
 
 def test_a_crop_past_the_frame_edge_is_filled_with_sky_not_reflected():
-    cut = cut_array(disk(25.0, centre=(312, 212)), 64, AUTO)  # a ~300 px crop about x = 312 passes x = 424
+    cut = cut_array(disk(30.0, centre=(312, 212)), 64, AUTO)  # a ~290 px crop about x = 312 passes x = 424
     assert cut.flag == "" and 312 + cut.crop / 2 > 440
     beyond = int(64 * (312 + cut.crop / 2 - 424) / cut.crop) - 1  # output columns past the frame's right edge
     past, inside = cut.pixels[:, -beyond:].reshape(-1, 3), cut.pixels[:, :beyond].reshape(-1, 3)
@@ -336,16 +336,20 @@ def test_predict_cuts_as_the_run_was_trained_and_writes_the_fov_columns_for_auto
 
 
 @pytest.mark.usefixtures("toys")
-@pytest.mark.parametrize("recorded", [None, {**AUTO_CUT, "multiple": 3.08}])
-def test_an_auto_run_cut_another_way_is_refused_by_name(tmp_path, recorded):
+@pytest.mark.parametrize("recorded, said", [
+    (None, "other pixels than this version cuts"),
+    ({**AUTO_CUT, "multiple": 3.31}, f"crops of 3.31 × R90 where this version cuts {AUTO_MULTIPLE} × R90"),
+    ({**AUTO_CUT, "version": 2}, "other pixels than this version cuts")])
+def test_an_auto_run_cut_another_way_is_refused_by_name(tmp_path, recorded, said):
     run = tmp_path / "run"  # trained before this version's auto crop, or with another multiple
     cfg = RunConfig(model="toy-pooled", head="classes", classes=CLASSES, image_size=16, fov=AUTO,
                     extra={"fov_auto": recorded} if recorded else {})
     cfg.save(run)
     runs.Run(run, cfg).save_weights(toy_model(cfg))
     Image.fromarray(disk(10.0)).save(tmp_path / "g.png")
-    with pytest.raises(ZoomorphError, match=r"run was made with fov auto cut as .*Prepare the data again"):
+    with pytest.raises(ZoomorphError, match=r"run was made with fov auto cut as .*Prepare the data again") as error:
         predict(run, [tmp_path / "g.png"], tmp_path / "out.parquet", workers=0, progress=False)
+    assert said in str(error.value)  # the multiple of a run made before 2026-12-04 (3.31), in so many words
     assert not (tmp_path / "out.parquet").exists() and not (run / "model.onnx").exists()  # refused first
 
 

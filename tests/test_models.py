@@ -67,7 +67,7 @@ def test_a_recipe_round_trips_through_json_and_refuses_nonsense():
 
 def test_seed_models_declare_their_own_image_size_and_field_of_view():
     assert (model_spec("seed-model2").default_image_size, model_spec("seed-model2").default_fov) == (150, 150)
-    assert (model_spec("convnet-lite").default_image_size, model_spec("convnet-lite").default_fov) == (64, 256)
+    assert (model_spec("convnet-lite").default_image_size, model_spec("convnet-lite").default_fov) == (64, "auto")
 
 
 def test_registry_lists_at_least_the_required_models():

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from zoomorph import api
 from zoomorph.cli import app
+from zoomorph.io.decode import AUTO, AUTO_CUT, AUTO_MULTIPLE
 from zoomorph.packed import PackedFileError, checked_members, open_packed, outputs_dir
 from zoomorph.runs import Run
 from zoomorph.serve.limits import Limits
@@ -83,6 +84,19 @@ def test_the_packed_file_holds_the_run_and_predicts_exactly_as_the_run_folder(ca
     assert api.pack(packed, tmp_path / "again.zoomorph").read_bytes() != b""  # repacking needs no pickle either
     monkeypatch.undo()
     assert api.pack(run, tmp_path / "twice.zoomorph").read_bytes() == packed.read_bytes()  # reproducible
+
+
+def test_a_packed_auto_run_carries_its_cut_and_predicts_as_the_run_folder(tmp_path):
+    data = prepared_folder(tmp_path / "data", n=12, fov=AUTO)  # the default field of view
+    run = make_run(tmp_path / "run", data)
+    packed = api.pack(run, tmp_path / "auto.zoomorph")
+    preprocessing = json.loads(zipfile.ZipFile(packed).read("preprocessing.json"))
+    assert preprocessing["fov"] == AUTO and preprocessing["fov_auto"] == AUTO_CUT
+    assert f"a square of {AUTO_MULTIPLE} × its R90" in preprocessing["crop"]
+    images = sorted((data.root.parent / "synthetic" / "images").glob("*.jpg"))[:6]
+    from_packed = predicted(packed, images, tmp_path / "p.parquet")
+    pd.testing.assert_frame_equal(from_packed, predicted(run, images, tmp_path / "r.parquet"))
+    assert from_packed["fov_crop"].between(20, 424).all()  # each galaxy's own crop, said per row
 
 
 def test_evaluate_export_and_serve_take_the_packed_file_and_write_beside_it(case, data, tmp_path):

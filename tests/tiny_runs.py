@@ -17,6 +17,7 @@ from torch import nn
 from zoomorph.data.dataset import PreparedData
 from zoomorph.data.prepare import prepare
 from zoomorph.data.synthetic import make_synthetic
+from zoomorph.io.decode import AUTO, FIXED_FOV, Fov
 from zoomorph.models import create_model, list_models, register_model
 from zoomorph.models.registry import MODERN_RECIPE
 from zoomorph.runs import Run, RunConfig
@@ -34,9 +35,11 @@ if TINY_MODEL not in list_models():
                              nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()), 8
 
 
-def prepared_folder(root: Path, n: int = 40, seed: int = 0) -> PreparedData:
+def prepared_folder(root: Path, n: int = 40, seed: int = 0, fov: Fov = FIXED_FOV) -> PreparedData:
+    """A fixed crop unless told: the untrained tiny net answers alike for every auto crop (each synthetic
+    galaxy is cut to its own size, so they look alike), and the shift tests need answers that change."""
     solutions = make_synthetic(root / "synthetic", n, seed=seed, workers=1)
-    return prepare(root / "synthetic" / "images", solutions, root / "prepared", size=SIZE, val=0.5,
+    return prepare(root / "synthetic" / "images", solutions, root / "prepared", size=SIZE, fov=fov, val=0.5,
                    workers=1, progress=False).data
 
 
@@ -44,7 +47,8 @@ def make_run(run_dir: Path, data: PreparedData, head: str = "classes", seed: int
              history: pd.DataFrame | None = None, summary: dict | None = None) -> Path:
     classes = data.classes if head == "classes" else list(ANSWER_COLUMNS)
     config = RunConfig(TINY_MODEL, head, classes, SIZE, data.settings["fov"], data.settings["preset"],
-                       str(data.root), data.split_hash, extra={"seed": seed})
+                       str(data.root), data.split_hash,
+                       extra={"seed": seed, **({"fov_auto": data.settings["fov_auto"]} if data.fov == AUTO else {})})
     config.save(run_dir)
     run = Run(run_dir, config)
     torch.manual_seed(seed)

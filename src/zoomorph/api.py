@@ -82,8 +82,8 @@ def prepare(images: Path, labels: Path | None, out: Path, *, model: str | None =
         out: the prepared folder to write (refused data leaves it as it was).
         model: prepare for this registered model: its default image size and field of view
             (e.g. 150 px of the central 150 px for the seed models) unless size / fov are given.
-        size, fov: the cached side in pixels, and the central crop in Kaggle (424 px) pixels;
-            default 64 and 256. fov "auto": each galaxy's own extent (docs/other-surveys.md).
+        size, fov: the cached side in pixels (default 64), and what it is cut from: "auto" (the default),
+            each galaxy's own extent (docs/other-surveys.md), or a central crop in Kaggle (424 px) pixels.
         preset, conflicts, min_share: how vote fractions become classes (docs/labels.md).
         val, test, seed: the split; workers: decoding processes (None: one per core, 0: none).
         split_file: an explicit split manifest (id, split) used as given instead of val/test/seed (a

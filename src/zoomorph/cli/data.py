@@ -57,12 +57,12 @@ def prepare(images: Path = typer.Argument(..., help="image folder, Kaggle zip, o
             model: Optional[str] = typer.Option(None, "--model", "-m", help="prepare for this registered model: "
                                                 "its default size and field of view"),
             size: Optional[int] = typer.Option(None, help="cached image side, pixels (default 64, or the model's)"),
-            fov: Optional[str] = typer.Option(None, help="central crop side in Kaggle (424 px) pixels "
-                                                         "(default 256: 4 x 64 px decodes fastest; or "
-                                                         "the model's), or 'auto': each galaxy's own, a "
-                                                         "square of a fixed multiple of its measured R90 "
-                                                         "about its centre, sky-filled past the frame "
-                                                         "(docs/other-surveys.md)"),
+            fov: Optional[str] = typer.Option(None, help="'auto' (the default, or the model's): each "
+                                                         "galaxy's own, a square of a fixed multiple of "
+                                                         "its measured R90 about its centre, sky-filled past the frame "
+                                                         "(docs/other-surveys.md); or a central crop "
+                                                         "side in Kaggle (424 px) pixels (256: the fixed "
+                                                         "crop, 4 x 64 px, decodes fastest)"),
             val: float = typer.Option(0.2, help="validation fraction"),
             test: float = typer.Option(0.0, help="test fraction"),
             seed: int = typer.Option(0, help="split seed"),

@@ -80,7 +80,7 @@ def models() -> None:
     for col in ("name", "input", "description"):
         table.add_column(col)
     for spec in registered():
-        table.add_row(spec.name, f"{spec.default_image_size}px of {spec.default_fov}", spec.description)
+        table.add_row(spec.name, f"{spec.default_image_size}px, fov {spec.default_fov}", spec.description)
     console.print(table)
 
 

@@ -32,18 +32,22 @@ from zoomorph.io.jit import compiled
 from zoomorph.io.sources import ImageError, Source, is_fits, read_bytes
 
 KAGGLE_SIZE = 424  # side of every Kaggle/SDSS image; the field of view is given in its pixels
-# The central crop by default. 256 = 4 x the default 64 px: JPEGs then decode at the DCT's 1/4 scale
-# straight to the crop, with no resampling (30% faster than the Kaggle winner's 207, as accurate on
-# real galaxies: docs/models.md).
-DEFAULT_FOV = 256
+# The fixed central crop (`--fov 256`, the default until 2026-12-04). 256 = 4 x the default 64 px: JPEGs
+# then decode at the DCT's 1/4 scale straight to the crop, with no resampling (30% faster than the Kaggle
+# winner's 207, as accurate on real galaxies: docs/models.md).
+FIXED_FOV = 256
 
 Fov = Union[int, Literal["auto"]]  # a central crop in Kaggle pixels, or each galaxy's own (AUTO)
 AUTO = "auto"
-# The auto crop's side in units of the galaxy's R90, chosen so that the median auto crop of the real q1
-# images equals DEFAULT_FOV, the crop the default model was tuned on: over the 6,507 JPEGs their median
-# R90 is 77.3 Kaggle px (quartiles 65.8-96.5; 5-95% 56.8-139.8), so 256 / 77.3 = 3.31
-# (`python benchmarks/auto_fov_multiple.py`). R90 is of the stretched JPEG's light, wider than in linear flux.
-AUTO_MULTIPLE = 3.31
+# The default field of view: each galaxy's own. On the q1 split it is as accurate in domain as FIXED_FOV and
+# follows a zoom that a fixed crop cannot (0.5x: 97.8 % against 94.1-95.4; docs/other-surveys.md).
+DEFAULT_FOV: Fov = AUTO
+# The auto crop's side in units of the galaxy's R90: of 2.2, 2.65 and 3.31 the best validation accuracy
+# on the q1 split, with every zoom and shift goal met (`python benchmarks/auto_fov_scan.py`,
+# docs/other-surveys.md). 3.31 made the median crop equal FIXED_FOV (`benchmarks/auto_fov_multiple.py`):
+# large galaxies then reached 64 px from crops of up to 563 px. Over the 6,507 q1 JPEGs the median R90 is
+# 77.3 Kaggle px, so 2.65 cuts a median 205 px. R90 is of the stretched JPEG's light, wider than in linear flux.
+AUTO_MULTIPLE = 2.65
 # The auto crop's side stays within these fractions of the image's shorter side: below 1/8 (53 Kaggle px)
 # a 64 px model input would be upsampled from fewer pixels than it has; above 2 the galaxy's R90 says it
 # overflows the frame, and the crop would be mostly sky fill.
@@ -93,9 +97,13 @@ def check_auto_cut(recorded: dict | None, where: str) -> None:
     """A ZoomorphError naming `where` (prepared data or a run with fov auto) when the auto crop it was made
     with (`recorded`, its AUTO_CUT) is not the one this version cuts."""
     if recorded != AUTO_CUT:
-        raise ZoomorphError(f"{where} was made with fov auto cut as {recorded or 'an earlier version did'}; "
-                            f"this version cuts {AUTO_CUT}, other pixels than the model learnt from. Prepare "
-                            f"the data again (and train again), or use the zoomorph version it was made with")
+        # the multiple is the change a user meets (3.31 x R90 until 2026-12-04): say it in their words
+        multiple = (recorded or {}).get("multiple")
+        what = (f"crops of {multiple} × R90 where this version cuts {AUTO_MULTIPLE} × R90"
+                if multiple not in (None, AUTO_MULTIPLE) else f"other pixels than this version cuts ({AUTO_CUT})")
+        raise ZoomorphError(f"{where} was made with fov auto cut as {recorded or 'an earlier version did'}: "
+                            f"{what}. Prepare the data again (and train again), or use the zoomorph version it "
+                            f"was made with")
 
 
 @dataclass(frozen=True)

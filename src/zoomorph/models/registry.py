@@ -13,7 +13,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 from zoomorph.errors import ZoomorphError
-from zoomorph.io.decode import DEFAULT_FOV
+from zoomorph.io.decode import DEFAULT_FOV, Fov
 from zoomorph.models.heads import build_head
 from zoomorph.models.recipe import MODERN_RECIPE, Recipe
 
@@ -26,7 +26,7 @@ class ModelSpec:
     name: str
     description: str
     default_image_size: int  # what `prepare --model NAME` caches at
-    default_fov: int  # the central crop it cuts that from, in Kaggle (424 px) pixels
+    default_fov: Fov  # what it cuts that from: a central crop in Kaggle (424 px) pixels, or "auto"
     recipe: Recipe  # training defaults
     build: Builder = field(repr=False, compare=False)
     head_dropout: float = 0.0  # dropout right before the head's linear layer
@@ -39,7 +39,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, *, description: str, default_image_size: int, recipe: Recipe = MODERN_RECIPE,
-                   default_fov: int = DEFAULT_FOV, head_dropout: float = 0.0) -> Callable[[Builder], Builder]:
+                   default_fov: Fov = DEFAULT_FOV, head_dropout: float = 0.0) -> Callable[[Builder], Builder]:
     def decorator(build: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
