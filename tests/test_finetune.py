@@ -19,6 +19,8 @@ from zoomorph.data.dataset import PreparedData
 from zoomorph.data.prepare import prepare
 from zoomorph.data.synthetic import make_synthetic
 from zoomorph.errors import InputNotFound, ZoomorphError
+from zoomorph.evaluation.robustness import zoom_check_caption
+from zoomorph.io.decode import AUTO
 from zoomorph.models import backbone_blocks, create_model, list_models, register_model
 from zoomorph.models.layers import GlobalAvgPool, conv_bn
 from zoomorph.models.recipe import MODERN_RECIPE, Recipe
@@ -276,6 +278,8 @@ def test_the_cli_finetunes_and_refuses_in_one_line(sets, tmp_path):
     done = runner.invoke(app, ["train", str(sets.new.root), "--init", str(parent.dir), "--out", str(tmp_path / "c"),
                                "--epochs", "1", "--batch-size", "16", "--freeze-blocks", "1"])
     assert done.exit_code == 0, done.output
+    assert sets.new.fov == AUTO  # the default: its zoom check is a size measured wrong, not another scale
+    assert f"The zoom check: {zoom_check_caption(AUTO)}." in " ".join(done.output.split())
     recorded = Run.open(tmp_path / "c").config.extra["finetune"]
     assert recorded["freeze_blocks"] == 1 and recorded["parent"]["weights_sha256"] == parent.weights_digest
     refused = runner.invoke(app, ["train", str(sets.new.root), "--init", str(parent.dir), "--model", TINY_MODEL,

@@ -14,8 +14,10 @@ from tiny_runs import SIZE, TINY_MODEL, make_run, prepared_folder
 from typer.testing import CliRunner
 
 from zoomorph import api
+from zoomorph.card import model_card
 from zoomorph.cli import app
-from zoomorph.io.decode import AUTO, AUTO_CUT, AUTO_MULTIPLE
+from zoomorph.evaluation.robustness import zoom_check_caption
+from zoomorph.io.decode import AUTO, AUTO_CUT, AUTO_MULTIPLE, FIXED_FOV
 from zoomorph.packed import PackedFileError, checked_members, open_packed, outputs_dir
 from zoomorph.runs import Run
 from zoomorph.serve.limits import Limits
@@ -97,6 +99,17 @@ def test_a_packed_auto_run_carries_its_cut_and_predicts_as_the_run_folder(tmp_pa
     from_packed = predicted(packed, images, tmp_path / "p.parquet")
     pd.testing.assert_frame_equal(from_packed, predicted(run, images, tmp_path / "r.parquet"))
     assert from_packed["fov_crop"].between(20, 424).all()  # each galaxy's own crop, said per row
+
+
+@pytest.mark.parametrize("fov", [FIXED_FOV, AUTO])
+def test_the_cards_zoom_check_says_what_zooming_that_runs_crops_measures(fov, tmp_path):
+    data = prepared_folder(tmp_path / "data", n=12, fov=fov)
+    summary = {"model": TINY_MODEL, "head": "classes", "image_size": SIZE, "zoom": ZOOM}
+    card = model_card(Run.open(make_run(tmp_path / "run", data, summary=summary)))
+    scale = card.split("**Scale**")[1]
+    assert scale.startswith(f" (the zoom check: {zoom_check_caption(fov)}; summary.json)")
+    assert ("`zoomorph evaluate RUN --shifts`" in scale) == (fov == AUTO)  # where an auto run's scales are
+    assert "| 0.5× | 25.0 % | 30.0 % |" in scale
 
 
 def test_evaluate_export_and_serve_take_the_packed_file_and_write_beside_it(case, data, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zoomorph.evaluation.robustness import zoom_check_caption
 from zoomorph.io.decode import describe_fov
 from zoomorph.runs import Run
 
@@ -158,8 +159,8 @@ def _limits(run: Run, summary: dict, metrics: dict | None) -> str:
         names = list(next(iter(zoom.values())))
         rows = [[f"{factor}×"] + [_pct(v[m]) if m != "rmse" else f"{v[m]:.4f}" for m in names]
                 for factor, v in zoom.items()]
-        out += ("\n\n**Scale** (the zoom check: the validation images zoomed about their centre, 0.5× = the galaxy "
-                "half as large; summary.json):\n\n" + _table(["zoom"] + [m.replace("_", " ") for m in names], rows))
+        out += (f"\n\n**Scale** (the zoom check: {zoom_check_caption(cfg.fov)}; summary.json):\n\n"
+                + _table(["zoom"] + [m.replace("_", " ") for m in names], rows))
     suite = (metrics or {}).get("shifts")
     if suite:
         out += "\n\n" + _shifts(suite)

@@ -56,12 +56,15 @@ def train(data: Path = typer.Argument(..., help="prepared data folder (from `zoo
 
 
 def _print_train_summary(summary: dict, run_dir: Path) -> None:
+    from zoomorph.evaluation.robustness import zoom_check_caption
+    from zoomorph.runs import RunConfig
+
     if not summary:
         return
     rows = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in summary.items()
             if not isinstance(v, (dict, list)) and v is not None}
     console.print(_table(f"run {run_dir}", rows, "", "value"))
-    zoom = Table(title="validation at other angular scales (zoom)", title_justify="left")
+    zoom = Table(title="the zoom check", title_justify="left")
     zoom.add_column("zoom")
     metrics = next(iter(summary["zoom"].values())).keys()
     for m in metrics:
@@ -69,6 +72,7 @@ def _print_train_summary(summary: dict, run_dir: Path) -> None:
     for factor, values in summary["zoom"].items():
         zoom.add_row(f"{factor}x", *[f"{values[m]:.4f}" for m in metrics])
     console.print(zoom)
+    console.print(f"The zoom check: {zoom_check_caption(RunConfig.load(run_dir).fov)}.", highlight=False)
 
 
 @user_errors

@@ -4,7 +4,7 @@ Both predict through the same Predictor as evaluate and predict, and zoom with t
 `zoomorph.data.augment.zoom`:
 
 * `zoom_robustness`, the quick check training runs at its end (summary.json's "zoom"): the cached,
-  model-size validation images zoomed 0.5x-1.5x.
+  model-size validation images zoomed 0.5x-1.5x (`zoom_check_caption` says what that measures).
 * `shifted_outputs`, the survey-shift suite of `evaluate --shifts` (evaluation.shifts.SHIFTS): each
   galaxy's source re-read at full resolution, transformed there, then cut as the run's decoder cuts
   (`zoomorph.io.decode.cut_arrays` with the run's field of view), a batch of galaxies at a time.
@@ -26,7 +26,7 @@ from zoomorph.data.dataset import PreparedData
 from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation.shifts import SHIFTS, Shift
 from zoomorph.inference import Predictor
-from zoomorph.io.decode import KAGGLE_SIZE, cut_array, cut_arrays, decode
+from zoomorph.io.decode import AUTO, KAGGLE_SIZE, Fov, cut_array, cut_arrays, decode
 from zoomorph.io.fits import fits_rgb
 from zoomorph.io.sources import ImageError, is_fits, read_bytes
 from zoomorph.schema import ANSWER_COLUMNS
@@ -53,6 +53,17 @@ def zoom_robustness(net: torch.nn.Module, data: PreparedData, rows: np.ndarray, 
         else:
             out[f"{factor:g}"] = {"rmse": float(np.sqrt(np.mean((probs - table[ANSWER_COLUMNS].to_numpy()) ** 2)))}
     return out
+
+
+def zoom_check_caption(fov: Fov) -> str:
+    """What the zoom check measures for a run cut with `fov`. A fixed crop zoomed is the galaxy at another
+    angular scale; an auto crop is re-cut to each galaxy's size, so zooming it is its size measured wrong,
+    and another angular scale is a shift of `evaluate --shifts`, which re-cuts from the source."""
+    if fov == AUTO:
+        return ("the cached auto crops zoomed about their centre: each galaxy cut as if its size were measured "
+                "wrong (0.5x: R90 read twice too large); at other angular scales the auto crop follows the "
+                "galaxy, which `zoomorph evaluate RUN --shifts` measures")
+    return "the validation images zoomed about their centre, the galaxy at another angular scale (0.5x: half as large)"
 
 
 def shift_settings(shifts: Sequence[Shift] = SHIFTS) -> list[Setting]:
