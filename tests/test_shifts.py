@@ -14,7 +14,14 @@ from typer.testing import CliRunner
 from zoomorph.cli import app
 from zoomorph.data.augment import sky_level, sky_sigma
 from zoomorph.evaluation.compare import compare_runs, write_compare_html
-from zoomorph.evaluation.evaluate import SHIFT_HEADER, evaluate_run, format_shifts_table, prediction_drift, shift_rows
+from zoomorph.evaluation.evaluate import (
+    SHIFT_HEADER,
+    drift_text,
+    evaluate_run,
+    format_shifts_table,
+    prediction_drift,
+    shift_rows,
+)
 from zoomorph.evaluation.report import write_report
 from zoomorph.evaluation.robustness import read_frame
 from zoomorph.evaluation.shifts import LEVELS, SEEING_FWHM_PX, SHIFT_NAMES, SHIFTS
@@ -275,6 +282,9 @@ def test_report_and_compare_show_the_shifts(data, tmp_path):
     page = write_compare_html([shifted, plain], tmp_path / "compare.html").read_text()
     section = page[page.index('<section id="shifts">'):]
     assert all(shift.label(s) in section for shift in SHIFTS for s in shift.strengths)
+    suite, classes = Run.open(shifted).metrics()["shifts"], Run.open(shifted).metrics()["classes"]
+    drifts = {drift_text(r, suite["reference"], classes) for r in suite["results"]} - {"none"}
+    assert drifts and all(f", {d}</td>" in section for d in drifts)  # which way, beside how much
 
 
 def test_a_votes_run_is_scored_by_rmse_under_every_shift(data, tmp_path):

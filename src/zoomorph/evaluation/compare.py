@@ -14,7 +14,7 @@ from markupsafe import Markup
 
 from zoomorph.errors import ZoomorphError
 from zoomorph.evaluation import plots
-from zoomorph.evaluation.evaluate import evaluate_run
+from zoomorph.evaluation.evaluate import drift_text, evaluate_run
 from zoomorph.evaluation.html import Section, image, join, note, page, table, text
 from zoomorph.evaluation.shifts import SHIFTS
 from zoomorph.runs import Run, build_model
@@ -71,25 +71,30 @@ def _middle_shifts(metrics: dict) -> dict:
 
 
 def _shift_section(runs: list[Run]) -> Markup:
-    """Accuracy of every run under every shift and strength (runs evaluated with --shifts)."""
-    suites = {r.name: r.metrics().get("shifts") for r in runs}
-    if not any(suites.values()):
+    """Accuracy of every run under every shift and strength (runs evaluated with --shifts), and which way
+    each shift drifts its answers."""
+    metrics = {r.name: r.metrics() for r in runs}
+    if not any(m.get("shifts") for m in metrics.values()):
         return note("None of the runs was evaluated under survey shifts (`zoomorph evaluate RUN --shifts`).")
 
-    def cell(suite: dict | None, i: int) -> str:
+    def cell(run_metrics: dict, i: int) -> str:
+        suite = run_metrics.get("shifts")
         if not suite:
             return ""
         scores = suite["reference"] if i < 0 else suite["results"][i]
         ci = scores.get("ci", {}).get("accuracy")
-        return (f"{scores['accuracy']:.3f} ({ci['low']:.3f}-{ci['high']:.3f})" if ci
-                else f"{scores['rmse']:.4f}" if "rmse" in scores else "")
+        score = (f"{scores['accuracy']:.3f} ({ci['low']:.3f}-{ci['high']:.3f})" if ci
+                 else f"{scores['rmse']:.4f}" if "rmse" in scores else "")
+        drift = "-" if i < 0 else drift_text(scores, suite["reference"], run_metrics.get("classes", []))
+        return score if drift in ("-", "none") else f"{score}, {drift}"
 
     settings = [("none", "as cut")] + [(s.title, s.label(v)) for s in SHIFTS for v in s.strengths]
-    rows = [[title, label, *(cell(suite, i - 1) for suite in suites.values())]
+    rows = [[title, label, *(cell(m, i - 1) for m in metrics.values())]
             for i, (title, label) in enumerate(settings)]
-    return join(table(rows, ["shift", "strength", *suites]),
-                note("Accuracy (RMSE for votes runs without classes), bootstrap 95 % interval in brackets. "
-                     "Blank: the run was evaluated without --shifts."))
+    return join(table(rows, ["shift", "strength", *metrics]),
+                note("Accuracy (RMSE for votes runs without classes), bootstrap 95 % interval in brackets, "
+                     "then the class whose share of the answers the shift raises, in points (as in "
+                     "`zoomorph report`). Blank: the run was evaluated without --shifts."))
 
 
 def _history_stat(history: pd.DataFrame, column: str, how: str) -> float:

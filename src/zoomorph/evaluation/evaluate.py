@@ -247,7 +247,8 @@ def prediction_drift(scores: dict, reference: dict, classes: list[str]) -> tuple
     return classes[top], float(gain[top])
 
 
-def _drift_text(scores: dict, reference: dict, classes: list[str]) -> str:
+def drift_text(scores: dict, reference: dict, classes: list[str]) -> str:
+    """prediction_drift in words: "smooth +4.5", "none" (no class gains), "-" (no matrices to tell)."""
     drift = prediction_drift(scores, reference, classes)
     if drift is None:
         return "-"
@@ -268,7 +269,7 @@ def shift_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     def row(title: str, label: str, lvl: str, s: dict) -> list[str]:
         change = (f"{100 * (s['accuracy'] - ref['accuracy']):+.1f}" if "accuracy" in s and "accuracy" in ref
                   else "-")
-        drift = "-" if s is ref else _drift_text(s, ref, metrics["classes"])
+        drift = "-" if s is ref else drift_text(s, ref, metrics["classes"])
         return [title, label, lvl, _number(s.get("accuracy"), s.get("ci", {}).get("accuracy")),
                 _number(s.get("balanced_accuracy"), s.get("ci", {}).get("balanced_accuracy")), change, drift,
                 "-" if "rmse" not in s else f"{s['rmse']:.4f}"]
